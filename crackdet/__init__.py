@@ -1,0 +1,1 @@
+"""crackdet: concrete crack classification with a frozen ResNet18 backbone."""
