@@ -1,0 +1,1 @@
+"""Data: folder scanning, splits, transforms, the DataModule and data set download."""

@@ -1,0 +1,198 @@
+"""The LightningDataModule: folder -> checked records -> split -> batched tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from torch.utils.data import DataLoader
+
+from crackdet.data.dataset import ImageRecordDataset
+from crackdet.data.scan import ScanResult, format_bad_files, scan_folder
+from crackdet.data.splits import Splits, reference_split, stratified_split
+from crackdet.data.synthetic import make_synthetic_dataset
+from crackdet.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transform,
+    is_deterministic,
+    train_transform,
+)
+from crackdet.errors import ConfigError, DataError
+
+SPLIT_MODES = ("seed", "stratified", "all")
+
+
+class CrackDataModule(L.LightningDataModule):
+    """Images in `<data_dir>/<class folder>/`, labelled by folder, split and batched."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        classes: Mapping[str, Sequence[str]] | None = None,
+        image_size: int = 224,
+        batch_size: int = 100,
+        num_workers: int = 2,
+        split: str = "seed",
+        train_fraction: float = 0.75,
+        fractions: Sequence[float] = (0.7, 0.15, 0.15),
+        split_seed: int = 42,
+        augmentation: Mapping[str, Any] | None = None,
+        on_bad_image: str = "error",
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        cache_dir: str | None = None,
+        output_dir: str | None = None,
+        synthetic: Mapping[str, int] | None = None,
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        classes = dict(classes or {"negative": ["Negative"], "positive": ["Positive"]})
+        self.classes = {k: [v] if isinstance(v, str) else list(v) for k, v in classes.items()}
+        self.data_dir = str(data_dir)
+        self.image_size = int(image_size)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.split = split
+        self.train_fraction = float(train_fraction)
+        self.fractions = [float(f) for f in fractions]
+        self.split_seed = int(split_seed)
+        self.augmentation = dict(augmentation or {})
+        self.on_bad_image = on_bad_image
+        self.mean, self.std = list(mean), list(std)
+        self.cache_dir = cache_dir
+        self.output_dir = output_dir
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.pin_memory = pin_memory
+        self._check_settings()
+        self.save_hyperparameters(
+            {
+                "data_dir": self.data_dir,
+                "classes": self.classes,
+                "image_size": self.image_size,
+                "batch_size": self.batch_size,
+                "split": self.split,
+                "train_fraction": self.train_fraction,
+                "fractions": self.fractions,
+                "split_seed": self.split_seed,
+                "augmentation": self.augmentation,
+                "mean": self.mean,
+                "std": self.std,
+            }
+        )
+        self.splits: Splits | None = None
+        self.scan: ScanResult | None = None
+        self.n_duplicate_groups = 0
+        self.datasets: dict[str, ImageRecordDataset] = {}
+
+    def _check_settings(self) -> None:
+        if self.split not in SPLIT_MODES:
+            raise ConfigError(f"data.split={self.split} is not one of {list(SPLIT_MODES)}.")
+        if self.on_bad_image not in ("error", "skip"):
+            raise ConfigError(f"data.on_bad_image={self.on_bad_image} must be 'error' or 'skip'.")
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size={self.batch_size} must be a positive integer.")
+        if self.image_size < 32:
+            raise ConfigError(
+                f"data.image_size={self.image_size} is too small for ResNet18; use 32 or more."
+            )
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers={self.num_workers} must be 0 or more.")
+        if not 0 < self.train_fraction < 1:
+            raise ConfigError(
+                f"data.train_fraction={self.train_fraction} must lie strictly between 0 and 1."
+            )
+
+    @property
+    def deterministic_train_transform(self) -> bool:
+        """True when training images get no random augmentation."""
+        return is_deterministic(self.augmentation)
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic data set once, when this data module is configured for one."""
+        if self.synthetic:
+            make_synthetic_dataset(self.data_dir, **self.synthetic)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Scan and check the folder, then split it; done once however often it is called."""
+        if self.splits is not None:
+            return
+        if self.synthetic:
+            # Every rank needs the files; generation is idempotent and writes atomically.
+            make_synthetic_dataset(self.data_dir, **self.synthetic)
+        self.scan = scan_folder(self.data_dir, self.classes, cache_dir=self.cache_dir)
+        if self.scan.bad_files:
+            self._handle_bad_files(self.scan.bad_files)
+        records = self.scan.records
+        if self.split == "seed":
+            self.splits = reference_split(records, self.train_fraction)
+        elif self.split == "stratified":
+            self.splits, self.n_duplicate_groups = stratified_split(
+                records, self.fractions, self.split_seed
+            )
+            rank_zero_info(
+                f"Found {self.n_duplicate_groups} group(s) of byte-identical files; "
+                "each group is kept within one split."
+            )
+        else:
+            self.splits = {"train": [], "val": [], "test": list(records)}
+        for name in ("train", "val", "test"):
+            if name == "train" and not self.deterministic_train_transform:
+                transform = train_transform(self.augmentation, self.image_size, self.mean, self.std)
+            else:
+                transform = eval_transform(self.image_size, self.mean, self.std)
+            self.datasets[name] = ImageRecordDataset(self.splits[name], transform)
+        sizes = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())
+        rank_zero_info(f"Data: {len(records)} images in {self.data_dir} ({sizes}).")
+
+    def _handle_bad_files(self, bad_files: list[tuple[str, str]]) -> None:
+        report = format_bad_files(bad_files)
+        if self.on_bad_image == "error":
+            raise DataError(
+                f"data.data_dir={self.data_dir} holds {report}\n"
+                "Remove or replace these files, or set data.on_bad_image=skip to train without "
+                "them (the list is then written to bad_files.txt in the run directory)."
+            )
+        rank_zero_info(f"Skipping {report}")
+        if self.output_dir:
+            self._write_bad_files(bad_files)
+
+    @rank_zero_only
+    def _write_bad_files(self, bad_files: list[tuple[str, str]]) -> None:
+        out = Path(self.output_dir) / "bad_files.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(f"{path}\t{error}\n" for path, error in bad_files))
+
+    def has_split(self, name: str) -> bool:
+        """True when split `name` holds at least one image (after setup)."""
+        return bool(self.splits and self.splits[name])
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[name]
+        if not len(dataset):
+            raise DataError(
+                f"The {name} split is empty for data.split={self.split} on {self.data_dir}."
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches (the shuffle follows the run's seed)."""
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in file order."""
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches in file order."""
+        return self._loader("test", shuffle=False)

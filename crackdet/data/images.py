@@ -1,0 +1,45 @@
+"""Reading any image Pillow understands as 8-bit RGB."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile
+
+# A truncated file must be reported as bad, never silently padded with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_HIGH_BIT_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert grayscale, palette, RGBA, CMYK or 16-bit images to 8-bit RGB."""
+    if image.mode in _HIGH_BIT_DEPTH_MODES:
+        # Pillow's own conversion clips 16-bit values at 255; rescale the real range instead.
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        array = np.clip(array / top * 255.0, 0, 255).astype(np.uint8)
+        image = Image.fromarray(array, mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        # Composite on white so transparent regions do not turn black.
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image file fully decoded as RGB; raises on corrupt or truncated data."""
+    with Image.open(path) as image:
+        image.load()
+        return to_rgb(image)
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    """Decode image bytes fully as RGB; raises on corrupt or truncated data."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return to_rgb(image)

@@ -1,0 +1,88 @@
+"""Where images are turned into tensors: resizing, normalisation and augmentation presets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class RandomRot90:
+    """Rotate by a random multiple of 90 degrees: cracks have no preferred orientation."""
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        k = int(torch.randint(0, 4, (1,)))
+        return torch.rot90(image, k, dims=(-2, -1))
+
+
+def _to_tensor(image_size: int) -> list:
+    # Square resize, not crop: the whole photo is evidence, and the data set's images are square.
+    return [
+        v2.PILToTensor(),
+        v2.Resize((image_size, image_size), antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+    ]
+
+
+def eval_transform(
+    image_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """Deterministic preprocessing: RGB PIL image -> resized, normalised float tensor."""
+    return v2.Compose([*_to_tensor(image_size), v2.Normalize(list(mean), list(std))])
+
+
+def train_transform(
+    augmentation: Mapping[str, Any],
+    image_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """Preprocessing plus the augmentations an `augmentation` preset switches on."""
+    aug = dict(augmentation)
+    steps: list = [v2.PILToTensor()]
+    scale = aug.get("random_resized_crop_scale")
+    if scale:
+        steps.append(v2.RandomResizedCrop(image_size, scale=tuple(scale), antialias=True))
+    else:
+        steps.append(v2.Resize((image_size, image_size), antialias=True))
+    if aug.get("hflip"):
+        steps.append(v2.RandomHorizontalFlip(float(aug["hflip"])))
+    if aug.get("vflip"):
+        steps.append(v2.RandomVerticalFlip(float(aug["vflip"])))
+    if aug.get("rot90"):
+        steps.append(RandomRot90())
+    if aug.get("rotation_degrees"):
+        steps.append(v2.RandomRotation(float(aug["rotation_degrees"])))
+    jitter = aug.get("color_jitter")
+    if jitter:
+        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
+    sigma = aug.get("blur_sigma")
+    if sigma:
+        steps.append(v2.RandomApply([v2.GaussianBlur(3, sigma=tuple(sigma))], p=0.5))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(steps)
+
+
+def is_deterministic(augmentation: Mapping[str, Any]) -> bool:
+    """True when the preset switches on no random augmentation at all."""
+    keys = ("random_resized_crop_scale", "hflip", "vflip", "rot90", "rotation_degrees",
+            "color_jitter", "blur_sigma")
+    return not any(augmentation.get(k) for k in keys)
+
+
+def denormalize(
+    images: torch.Tensor,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """Undo normalisation for display, clamped to [0, 1]."""
+    m = torch.tensor(mean, dtype=images.dtype).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype).view(-1, 1, 1)
+    return (images * s + m).clamp(0, 1)

@@ -1,0 +1,1 @@
+"""Models: backbone construction and weight resolution, and the LightningModule."""

@@ -1,0 +1,179 @@
+"""The LightningModule: frozen ResNet18 backbone, trainable fc head, metrics per stage."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics import MaxMetric, MetricCollection, SumMetric
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
+    BinarySpecificity,
+)
+
+from crackdet.errors import ConfigError
+from crackdet.models.backbone import FEATURE_DIM, build_backbone, freeze
+
+BN_MODES = ("frozen", "train")
+DEFAULT_OPTIMIZER = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers to plain dicts/lists, so checkpoints load with weights_only=True."""
+    if isinstance(value, DictConfig) or OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def stage_metrics(prefix: str) -> MetricCollection:
+    """The binary metrics logged for one stage; crack (label 1) is the positive class."""
+    return MetricCollection(
+        {
+            "acc": BinaryAccuracy(),
+            "precision": BinaryPrecision(),
+            "recall": BinaryRecall(),
+            "specificity": BinarySpecificity(),
+            "f1": BinaryF1Score(),
+            "auroc": BinaryAUROC(),
+        },
+        prefix=f"{prefix}/",
+    )
+
+
+class CrackClassifier(L.LightningModule):
+    """ResNet18 features (frozen by default) followed by a Linear(512, 2) head."""
+
+    def __init__(
+        self,
+        weights: str | None = None,
+        bn_mode: str = "frozen",
+        freeze_backbone: bool = True,
+        num_classes: int = 2,
+        dropout: float = 0.0,
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        scheduler_monitor: str = "val/loss",
+        channels_last: bool = True,
+    ):
+        super().__init__()
+        if bn_mode not in BN_MODES:
+            raise ConfigError(f"model.bn_mode={bn_mode} must be one of {list(BN_MODES)}.")
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"model.dropout={dropout} must lie in [0, 1).")
+        self.save_hyperparameters(
+            {
+                "weights": None if weights is None else str(weights),
+                "bn_mode": bn_mode,
+                "freeze_backbone": bool(freeze_backbone),
+                "num_classes": int(num_classes),
+                "dropout": float(dropout),
+                "optimizer": _plain(optimizer) or dict(DEFAULT_OPTIMIZER),
+                "scheduler": _plain(scheduler),
+                "scheduler_monitor": scheduler_monitor,
+                "channels_last": bool(channels_last),
+            }
+        )
+        self.backbone = build_backbone(weights)
+        if freeze_backbone:
+            freeze(self.backbone)
+        if channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        head_layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
+        self.head = nn.Sequential(*head_layers, nn.Linear(FEATURE_DIM, num_classes))
+        self.loss_fn = nn.CrossEntropyLoss()
+        # nn.Module already has a `train` attribute, so stages are keyed with a suffix.
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_": stage_metrics(stage) for stage in ("train", "val", "test")}
+        )
+        self.sample_counts = nn.ModuleDict({f"{s}_": SumMetric() for s in ("val", "test")})
+        self.val_acc_best = MaxMetric()
+
+    @property
+    def backbone_frozen_in_eval(self) -> bool:
+        """True when the backbone's outputs cannot change during training."""
+        return self.hparams.freeze_backbone and self.hparams.bn_mode == "frozen"
+
+    def train(self, mode: bool = True) -> CrackClassifier:
+        """Switch modes, but keep a frozen backbone's BatchNorm statistics fixed."""
+        super().train(mode)
+        if self.hparams.bn_mode == "frozen" and self.hparams.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features of a batch; a 2-D input is taken as precomputed features."""
+        if x.ndim == 2:
+            return x
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.hparams.freeze_backbone:
+            # No autograd graph through a frozen backbone: faster and far less memory.
+            with torch.no_grad():
+                return self.backbone(x)
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of normalised images (differentiable end to end, for Grad-CAM)."""
+        if self.hparams.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.head(self.backbone(x) if x.ndim == 4 else x)
+
+    def _shared_step(self, batch: Any, stage: str) -> dict[str, torch.Tensor]:
+        x, y, idx = batch
+        logits = self.head(self.features(x))
+        loss = self.loss_fn(logits, y)
+        probs = logits.softmax(dim=-1)[:, 1]
+        metrics = self.metrics[f"{stage}_"]
+        metrics.update(probs, y)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True,
+                 batch_size=len(y), sync_dist=not on_step)
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(y))
+        if stage != "train":
+            self.sample_counts[f"{stage}_"].update(torch.tensor(float(len(y)), device=self.device))
+            self.log(f"{stage}/samples", self.sample_counts[f"{stage}_"], on_step=False, on_epoch=True)
+        return {"loss": loss, "probs": probs.detach(), "labels": y.detach(), "idx": idx}
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Cross-entropy on one batch; `train/loss` is logged every step."""
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Loss and metrics on one validation batch; per-sample outputs go to callbacks."""
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Loss and metrics on one test batch; per-sample outputs go to callbacks."""
+        return self._shared_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        """Track the best validation accuracy so far as `val/acc_best`."""
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best.update(self.metrics["val_"]["acc"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def on_train_start(self) -> None:
+        """Forget anything the sanity check put into the running best."""
+        self.val_acc_best.reset()
+
+    def configure_optimizers(self) -> Any:
+        """The configured optimizer over trainable parameters only, plus an optional scheduler."""
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = instantiate(self.hparams.optimizer)(params=trainable)
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.scheduler_monitor},
+        }

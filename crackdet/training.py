@@ -1,0 +1,97 @@
+"""The training job behind `python train.py`: build everything from the config, fit, test, report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+
+from crackdet.errors import ConfigError
+from crackdet.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_all(section: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a config group that holds named objects (callbacks, loggers)."""
+    if not section:
+        return []
+    return [instantiate(cfg) for cfg in section.values() if cfg and "_target_" in cfg]
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v.item() if isinstance(v, torch.Tensor) else v)
+        for k, v in sorted(metrics.items())
+        if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)
+    }
+
+
+def check_output_dir(output_dir: Path, ckpt_path: str | None) -> None:
+    """Refuse to train into a directory that already holds another run's checkpoints."""
+    ckpt_dir = output_dir / "checkpoints"
+    existing = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+    resuming_here = ckpt_path is not None and Path(ckpt_path).resolve().parent == ckpt_dir.resolve()
+    if existing and not resuming_here:
+        raise ConfigError(
+            f"{output_dir} already holds a training run ({existing[0].name}); it is never "
+            "overwritten. Leave hydra.run.dir unset for a fresh directory, or resume that run "
+            f"with ckpt_path={ckpt_dir / 'last.ckpt'}."
+        )
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the model, test the best checkpoint when a test split exists, write metrics.json."""
+    output_dir = Path(cfg.paths.output_dir)
+    check_output_dir(output_dir, cfg.get("ckpt_path"))
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    model: L.LightningModule = instantiate(cfg.model)
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers: list[Logger] = _instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams.pop("hydra", None)
+    for logger in loggers:
+        logger.log_hyperparams(hparams)
+
+    results: dict[str, Any] = {"output_dir": str(output_dir)}
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        results["fit"] = _scalars(trainer.callback_metrics)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        results["best_checkpoint"] = best or None
+        if best and trainer.current_epoch > 1:
+            # More than one epoch ran: report validation of the best weights, not the last.
+            results["validate"] = _scalars(trainer.validate(model, datamodule, ckpt_path=best)[0])
+
+    if cfg.get("test", True) and datamodule.has_split("test"):
+        best = results.get("best_checkpoint")
+        ckpt = best if best else cfg.get("ckpt_path")
+        results["test"] = _scalars(trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)[0])
+
+    if trainer.is_global_zero:
+        write_json(output_dir / "metrics.json", results)
+    return results
+
+
+def metric_value(results: dict[str, Any], name: str | None) -> float | None:
+    """Look `name` (e.g. "val/acc_best") up in the results of every stage that ran."""
+    if not name:
+        return None
+    for stage in ("test", "validate", "fit"):
+        if name in results.get(stage, {}):
+            return results[stage][name]
+    raise ConfigError(
+        f"optimized_metric={name} was not logged; metrics available: "
+        f"{sorted({k for s in ('fit', 'validate', 'test') for k in results.get(s, {})})}."
+    )

@@ -1,0 +1,19 @@
+"""Train a crack classifier: `python train.py experiment=baseline` (see README.md)."""
+
+import hydra
+from omegaconf import DictConfig
+
+import crackdet.config  # noqa: F401  (registers the ${project_root:} resolver)
+from crackdet.cli import run_main
+from crackdet.training import metric_value, train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Compose the config, train, and return `optimized_metric` for sweepers."""
+    results = run_main(train, cfg)
+    return metric_value(results, cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()
