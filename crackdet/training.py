@@ -59,8 +59,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers: list[Logger] = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    hparams = OmegaConf.to_container(cfg, resolve=True)
-    hparams.pop("hydra", None)
+    hparams = OmegaConf.to_container(
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
+    )
     for logger in loggers:
         logger.log_hyperparams(hparams)
 
