@@ -96,6 +96,8 @@ class CrackClassifier(L.LightningModule):
         )
         self.sample_counts = nn.ModuleDict({f"{s}_": SumMetric() for s in ("val", "test")})
         self.val_acc_best = MaxMetric()
+        # Lightning does not call .train() when fitting starts: set the modes from the outset.
+        self.train(self.training)
 
     @property
     def backbone_frozen_in_eval(self) -> bool:
@@ -165,6 +167,10 @@ class CrackClassifier(L.LightningModule):
     def on_train_start(self) -> None:
         """Forget anything the sanity check put into the running best."""
         self.val_acc_best.reset()
+
+    def on_train_epoch_start(self) -> None:
+        """Re-assert the backbone's mode, whatever a loop or callback did to the module tree."""
+        self.train(True)
 
     def configure_optimizers(self) -> Any:
         """The configured optimizer over trainable parameters only, plus an optional scheduler."""
