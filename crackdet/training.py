@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from crackdet.errors import ConfigError
 from crackdet.io import write_json
+from crackdet.threshold import stored_operating_point
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["fit"] = _scalars(trainer.callback_metrics)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         results["best_checkpoint"] = best or None
+        if best:
+            # Chosen by the OperatingPoint callback on the best weights' validation predictions.
+            results["operating_point"] = stored_operating_point(best)
         if best and trainer.current_epoch > 1:
             # More than one epoch ran: report validation of the best weights, not the last.
             results["validate"] = _scalars(trainer.validate(model, datamodule, ckpt_path=best)[0])

@@ -1,6 +1,7 @@
-"""Lightning callbacks: prediction files and evaluation figures."""
+"""Lightning callbacks: prediction files, evaluation figures and the operating point."""
 
 from crackdet.callbacks.figures import EvaluationFigures
+from crackdet.callbacks.operating_point import OperatingPoint
 from crackdet.callbacks.predictions import PredictionsWriter
 
-__all__ = ["EvaluationFigures", "PredictionsWriter"]
+__all__ = ["EvaluationFigures", "OperatingPoint", "PredictionsWriter"]

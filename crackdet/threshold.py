@@ -1,0 +1,64 @@
+"""The operating point: the decision threshold on p(crack) chosen for a target recall.
+
+An image is called a crack when `p(crack) >= threshold` (the rule of `decisions`, used by the
+prediction files, the evaluation and the notebook). Training stores the threshold chosen on the
+validation split in every checkpoint under `checkpoint["crackdet"]`; `stored_threshold` reads it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crackdet.errors import ConfigError, DataError
+
+#: Missing a crack costs far more than a false alarm: by default keep 99% of cracks.
+DEFAULT_TARGET_RECALL = 0.99
+#: Where crackdet's own entries live in a Lightning checkpoint (plain floats: weights_only-safe).
+CHECKPOINT_KEY = "crackdet"
+
+
+def check_target_recall(target_recall: float, setting: str = "eval.target_recall") -> float:
+    """The target recall as a float in (0, 1], or a ConfigError naming `setting`."""
+    value = float(target_recall)
+    if not 0 < value <= 1:
+        raise ConfigError(f"{setting}={target_recall} must lie in (0, 1], e.g. 0.99.")
+    return value
+
+
+def decisions(probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """1 (crack) where `probs >= threshold`, else 0."""
+    return (probs >= threshold).long()
+
+
+def threshold_for_recall(probs: torch.Tensor, labels: torch.Tensor, target_recall: float) -> float:
+    """The highest threshold whose recall on (probs, labels) is at least `target_recall`."""
+    target = check_target_recall(target_recall)
+    positives = torch.sort(probs[labels == 1].double(), descending=True).values
+    if not len(positives):
+        raise DataError("Cannot choose a threshold for a target recall: no crack images given.")
+    # The k-th most confident crack is the highest threshold that keeps k cracks; the epsilon
+    # stops float noise in target * n (0.07 * 100 = 7.000000000000001) from asking for one more.
+    needed = math.ceil(target * len(positives) - 1e-9)
+    return float(positives[needed - 1])
+
+
+def stored_operating_point(ckpt_path: str | Path) -> dict[str, float] | None:
+    """`{"threshold", "target_recall"}` saved in a checkpoint by training, or None if absent."""
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={path} does not exist; give a .ckpt file of a training run.")
+    checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    entry = checkpoint.get(CHECKPOINT_KEY) or {}
+    if entry.get("threshold") is None:
+        return None
+    return {"threshold": float(entry["threshold"]), "target_recall": float(entry["target_recall"])}
+
+
+def stored_threshold(ckpt_path: str | Path) -> float | None:
+    """The decision threshold training chose for this checkpoint, or None if it holds none."""
+    point = stored_operating_point(ckpt_path)
+    return None if point is None else point["threshold"]
