@@ -12,9 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torchmetrics.functional.classification import (
+    binary_accuracy,
+    binary_f1_score,
+    binary_precision,
+    binary_recall,
+    binary_specificity,
+    binary_stat_scores,
+)
 
 from crackdet.errors import ConfigError, DataError
 
+#: The decision threshold when no operating point is known.
+DEFAULT_THRESHOLD = 0.5
 #: Missing a crack costs far more than a false alarm: by default keep 99% of cracks.
 DEFAULT_TARGET_RECALL = 0.99
 #: Where crackdet's own entries live in a Lightning checkpoint (plain floats: weights_only-safe).
@@ -32,6 +42,27 @@ def check_target_recall(target_recall: float, setting: str = "eval.target_recall
 def decisions(probs: torch.Tensor, threshold: float) -> torch.Tensor:
     """1 (crack) where `probs >= threshold`, else 0."""
     return (probs >= threshold).long()
+
+
+def threshold_metrics(
+    probs: torch.Tensor, labels: torch.Tensor, threshold: float
+) -> dict[str, float | int]:
+    """Accuracy, precision, recall, specificity, F1 and confusion counts at `threshold`."""
+    preds = decisions(probs, threshold)
+    labels = labels.long()
+    tp, fp, tn, fn, _ = (int(v) for v in binary_stat_scores(preds, labels).tolist())
+    return {
+        "threshold": float(threshold),
+        "acc": float(binary_accuracy(preds, labels)),
+        "precision": float(binary_precision(preds, labels)),
+        "recall": float(binary_recall(preds, labels)),
+        "specificity": float(binary_specificity(preds, labels)),
+        "f1": float(binary_f1_score(preds, labels)),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+    }
 
 
 def threshold_for_recall(probs: torch.Tensor, labels: torch.Tensor, target_recall: float) -> float:

@@ -1,0 +1,18 @@
+"""Evaluate a checkpoint: `python eval.py ckpt_path=outputs/train/<run>/checkpoints/best.ckpt`."""
+
+import hydra
+from omegaconf import DictConfig
+
+import crackdet.config  # noqa: F401  (registers the ${project_root:} resolver)
+from crackdet.cli import run_main
+from crackdet.evaluate import evaluate
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    """Compose the config and write metrics, predictions and figures into the run directory."""
+    run_main(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    main()
