@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from crackdet.errors import ConfigError
 from crackdet.io import write_json
+from crackdet.sweeps import log_final_hparams
 from crackdet.threshold import stored_operating_point
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     if trainer.is_global_zero:
         write_json(output_dir / "metrics.json", results)
+    # With the final metrics, so TensorBoard's HParams view can compare the runs of a sweep.
+    log_final_hparams(loggers, cfg, results)
     return results
 
 

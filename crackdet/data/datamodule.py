@@ -21,6 +21,7 @@ from crackdet.data.transforms import (
     is_deterministic,
     train_transform,
 )
+from crackdet.distributed import eval_sampler
 from crackdet.errors import ConfigError, DataError
 
 SPLIT_MODES = ("seed", "stratified", "all")
@@ -176,10 +177,13 @@ class CrackDataModule(L.LightningDataModule):
             raise DataError(
                 f"The {name} split is empty for data.split={self.split} on {self.data_dir}."
             )
+        # Training keeps Lightning's DistributedSampler; evaluation must see every sample once.
+        sampler = None if shuffle else eval_sampler(dataset, self.trainer, name)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
