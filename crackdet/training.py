@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from crackdet.errors import ConfigError
+from crackdet.features import FeatureCache
 from crackdet.io import write_json
 from crackdet.sweeps import log_final_hparams
 from crackdet.threshold import stored_operating_point
@@ -57,7 +58,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     model: L.LightningModule = instantiate(cfg.model)
-    callbacks = _instantiate_all(cfg.get("callbacks"))
+    # FeatureCache decides from the data and model settings and logs why when it stays unused.
+    callbacks = [*_instantiate_all(cfg.get("callbacks")), FeatureCache()]
     loggers: list[Logger] = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from crackdet.data.dataset import ImageRecordDataset
 from crackdet.data.scan import ScanResult, format_bad_files, scan_folder
@@ -49,6 +50,7 @@ class CrackDataModule(L.LightningDataModule):
         output_dir: str | None = None,
         synthetic: Mapping[str, int] | None = None,
         pin_memory: bool = False,
+        feature_cache: str = "auto",
     ):
         super().__init__()
         classes = dict(classes or {"negative": ["Negative"], "positive": ["Positive"]})
@@ -68,6 +70,7 @@ class CrackDataModule(L.LightningDataModule):
         self.output_dir = output_dir
         self.synthetic = dict(synthetic) if synthetic else None
         self.pin_memory = pin_memory
+        self.feature_cache = feature_cache
         self._check_settings()
         self.save_hyperparameters(
             {
@@ -88,10 +91,17 @@ class CrackDataModule(L.LightningDataModule):
         self.scan: ScanResult | None = None
         self.n_duplicate_groups = 0
         self.datasets: dict[str, ImageRecordDataset] = {}
+        #: Set by crackdet.features.FeatureCache: split name -> dataset of backbone features that
+        #: the loaders serve instead of images (`datasets` keep the images, for figures and paths).
+        self.feature_source: Callable[[str], Dataset] | None = None
 
     def _check_settings(self) -> None:
         if self.split not in SPLIT_MODES:
             raise ConfigError(f"data.split={self.split} is not one of {list(SPLIT_MODES)}.")
+        if self.feature_cache not in ("auto", "off", "rebuild"):
+            raise ConfigError(
+                f"data.feature_cache={self.feature_cache} must be 'auto', 'off' or 'rebuild'."
+            )
         if self.on_bad_image not in ("error", "skip"):
             raise ConfigError(f"data.on_bad_image={self.on_bad_image} must be 'error' or 'skip'.")
         if self.batch_size < 1:
@@ -172,21 +182,30 @@ class CrackDataModule(L.LightningDataModule):
         return bool(self.splits and self.splits[name])
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        dataset = self.datasets[name]
+        features = self.feature_source(name) if self.feature_source else None
+        dataset = self.datasets[name] if features is None else features
         if not len(dataset):
             raise DataError(
                 f"The {name} split is empty for data.split={self.split} on {self.data_dir}."
             )
+        # Own generators seeded by the run's seed: the batch order is the same with or without
+        # workers or cached features, and loaders never draw from the global stream (dropout).
+        seed = torch.initial_seed()
         # Training keeps Lightning's DistributedSampler; evaluation must see every sample once.
-        sampler = None if shuffle else eval_sampler(dataset, self.trainer, name)
+        if shuffle:
+            sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+        else:
+            sampler = eval_sampler(dataset, self.trainer, name)
+        # Cached features are in memory: worker processes would only add start-up time.
+        workers = self.num_workers if features is None else 0
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
             sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             pin_memory=self.pin_memory,
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def train_dataloader(self) -> DataLoader:

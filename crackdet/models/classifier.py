@@ -22,6 +22,7 @@ from torchmetrics.classification import (
 
 from crackdet.errors import ConfigError
 from crackdet.models.backbone import FEATURE_DIM, build_backbone, freeze
+from crackdet.models.runtime import check_runtime
 
 BN_MODES = ("frozen", "train")
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
@@ -63,8 +64,10 @@ class CrackClassifier(L.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         scheduler_monitor: str = "val/loss",
         channels_last: bool = True,
+        backbone_runtime: str = "eager",
     ):
         super().__init__()
+        check_runtime(backbone_runtime)
         if bn_mode not in BN_MODES:
             raise ConfigError(f"model.bn_mode={bn_mode} must be one of {list(BN_MODES)}.")
         if not 0 <= dropout < 1:
@@ -80,6 +83,8 @@ class CrackClassifier(L.LightningModule):
                 "scheduler": _plain(scheduler),
                 "scheduler_monitor": scheduler_monitor,
                 "channels_last": bool(channels_last),
+                # Used by the feature cache's extraction; `forward` always runs eagerly.
+                "backbone_runtime": backbone_runtime,
             }
         )
         self.backbone = build_backbone(weights)
