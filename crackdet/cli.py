@@ -18,10 +18,14 @@ def run_main(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run `task(cfg)`; a CrackdetError is logged and exits with status 2 (1 under multirun)."""
     try:
         return task(cfg)
-    except CrackdetError as exc:
-        log.error("%s", exc)
+    except Exception as exc:
+        # hydra.utils.instantiate wraps errors raised in constructors; report the user's one.
+        error = exc if isinstance(exc, CrackdetError) else exc.__cause__
+        if not isinstance(error, CrackdetError):
+            raise
+        log.error("%s", error)
         from hydra.core.hydra_config import HydraConfig
 
         if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
-            raise  # let the sweep record this job as failed and carry on with the others
+            raise error from None  # the sweep records this job as failed, with this message
         sys.exit(2)

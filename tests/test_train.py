@@ -119,18 +119,6 @@ def test_a_run_directory_is_never_reused(smoke_run, tiny_cfg) -> None:
 
 
 @pytest.mark.slow
-def test_smoke_experiment_beats_chance_clearly(tiny_cfg, tmp_path: Path, synthetic_cache) -> None:
-    from tests.conftest import compose_cfg
-
-    # The real smoke experiment, unshrunk, as the README runs it.
-    cfg = compose_cfg(tmp_path / "smoke", ["experiment=smoke", f"paths.cache_dir={synthetic_cache}",
-                                           "~callbacks.rich_progress_bar"])
-    results = train(cfg)
-    assert results["test"]["test/acc"] >= 0.8
-    assert results["test"]["test/samples"] == 60
-
-
-@pytest.mark.slow
 @needs_real_sample
 def test_real_images_random_backbone_well_above_chance(tiny_cfg, tmp_path: Path) -> None:
     # 2,000 real images at 64 px with a random-init frozen backbone: far from the reference's
