@@ -10,11 +10,13 @@ from typing import Any
 
 import lightning as L
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
 from crackdet.calibration import apply_temperature, expected_calibration_error, fit_temperature
@@ -254,10 +256,11 @@ class _Evaluation:
 
 
 def _save_figure(fig: Figure, path: Path, tensorboard: Any, tag: str) -> None:
-    """Write a figure as PNG and to TensorBoard, then free it."""
-    fig.savefig(path, dpi=120)
-    tensorboard.add_figure(tag, fig)
+    """Write a figure as PNG and the same image to TensorBoard (drawn once), then free it."""
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+    with Image.open(path) as image:
+        tensorboard.add_image(tag, np.asarray(image.convert("RGB")), dataformats="HWC")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

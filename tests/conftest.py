@@ -74,6 +74,16 @@ def synthetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, synthetic_cache: Path) -> Path:
+    """A finished tiny training run (checkpoints, predictions, metrics.json), made once."""
+    from crackdet.training import train
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    train(compose_cfg(run_dir, [*TINY, f"paths.cache_dir={synthetic_cache}"]))
+    return run_dir
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path):
     """A factory for a small Positive/Negative folder of synthetic JPEGs."""
