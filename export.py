@@ -1,0 +1,18 @@
+"""Export a trained classifier: `python export.py ckpt_path=... format=onnx|torchscript`."""
+
+import hydra
+from omegaconf import DictConfig
+
+import crackdet.config  # noqa: F401  (registers the ${project_root:} resolver)
+from crackdet.cli import run_main
+from crackdet.export import export
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    """Compose the config and write the model plus its JSON sidecar."""
+    run_main(export, cfg)
+
+
+if __name__ == "__main__":
+    main()
