@@ -11,7 +11,9 @@ from crackdet.config import CONFIG_DIR
 from tests.conftest import compose_cfg
 
 # Groups whose options are chosen with `group=option` on the command line of train.py.
-TRAIN_GROUPS = ["data", "data/augmentation", "model", "trainer", "logger", "callbacks", "experiment"]
+TRAIN_GROUPS = [
+    "data", "data/augmentation", "model", "trainer", "logger", "callbacks", "experiment", "debug",
+]
 
 
 def group_options(group: str) -> list[str]:
