@@ -17,9 +17,9 @@ from crackdet.callbacks.figures import most_confident_mistakes
 from crackdet.callbacks.predictions import read_predictions
 from crackdet.data.images import load_rgb
 from crackdet.data.scan import CLASS_NAMES
-from crackdet.data.transforms import denormalize, eval_transform
+from crackdet.data.transforms import denormalize
 from crackdet.errors import ConfigError
-from crackdet.evaluate import recorded_data_settings
+from crackdet.inference import load_checkpoint
 from crackdet.models.classifier import CrackClassifier
 from crackdet.plots import confusion_matrix_figure, image_grid_figure
 from crackdet.threshold import DEFAULT_THRESHOLD, stored_operating_point, threshold_metrics
@@ -140,16 +140,6 @@ def mistakes_figure(run: Run, kind: str, k: int = 8, columns: int = 4) -> Figure
                                    f"(threshold {run.threshold:.4g})")
 
 
-def load_model(ckpt_path: str | Path) -> tuple[CrackClassifier, Any, dict[str, Any]]:
-    """The checkpoint's model in eval mode, its eval transform and its data settings."""
-    settings = recorded_data_settings(ckpt_path)
-    if "image_size" not in settings:
-        raise ConfigError(f"{ckpt_path} does not record its image size and normalisation.")
-    model = CrackClassifier.load_from_checkpoint(ckpt_path, weights=None, map_location="cpu")
-    transform = eval_transform(settings["image_size"], settings["mean"], settings["std"])
-    return model.eval(), transform, settings
-
-
 def gradcam_maps(
     model: CrackClassifier, images: torch.Tensor, target_class: int = 1
 ) -> np.ndarray:
@@ -177,12 +167,13 @@ def gradcam_figure(run: Run, k: int = 8, columns: int = 4) -> Figure:
         return _empty_figure(f"No checkpoint found for {run.run_dir}: Grad-CAM needs the model.")
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    model, transform, settings = load_model(run.ckpt_path)
+    loaded = load_checkpoint(run.ckpt_path)
+    transform = loaded.transform()
     batch = torch.stack([transform(load_rgb(run.paths[i])) for i in positions])
-    maps = gradcam_maps(model, batch)
+    maps = gradcam_maps(loaded.model, batch)
     overlays = []
     for image, heat in zip(batch, maps, strict=True):
-        rgb = denormalize(image, settings["mean"], settings["std"]).permute(1, 2, 0).numpy()
+        rgb = denormalize(image, loaded.mean, loaded.std).permute(1, 2, 0).numpy()
         overlays.append(show_cam_on_image(rgb, heat, use_rgb=True))
     return image_grid_figure(overlays, [_caption(run, i) for i in positions], columns,
                              title=f"{run.split}: Grad-CAM of 'crack' on the mistakes "
