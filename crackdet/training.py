@@ -82,6 +82,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             # More than one epoch ran: report validation of the best weights, not the last.
             results["validate"] = _scalars(trainer.validate(model, datamodule, ckpt_path=best)[0])
 
+    if cfg.get("test", True):
+        # Idempotent; under ddp_spawn only the spawned processes have set the data up so far.
+        datamodule.setup("test")
     if cfg.get("test", True) and datamodule.has_split("test"):
         best = results.get("best_checkpoint")
         ckpt = best if best else cfg.get("ckpt_path")

@@ -162,12 +162,32 @@ class CrackClassifier(L.LightningModule):
         """Loss and metrics on one test batch; per-sample outputs go to callbacks."""
         return self._shared_step(batch, "test")
 
+    def _fresh_metric_states(self, stage: str) -> None:
+        # ddp_spawn on the CPU hands every process the same shared-memory metric tensors, so each
+        # process would count every sample of the others too; reset() gives each its own.
+        self.metrics[f"{stage}_"].reset()
+        if f"{stage}_" in self.sample_counts:
+            self.sample_counts[f"{stage}_"].reset()
+
+    def on_fit_start(self) -> None:
+        """Start training metrics from fresh states in this process."""
+        self._fresh_metric_states("train")
+
+    def on_validation_start(self) -> None:
+        """Start validation metrics from fresh states in this process."""
+        self._fresh_metric_states("val")
+
+    def on_test_start(self) -> None:
+        """Start test metrics from fresh states in this process."""
+        self._fresh_metric_states("test")
+
     def on_validation_epoch_end(self) -> None:
         """Track the best validation accuracy so far as `val/acc_best`."""
         if self.trainer.sanity_checking:
             return
         self.val_acc_best.update(self.metrics["val_"]["acc"].compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        # Already the same on every rank (a synced metric); sync_dist only says so to Lightning.
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def on_train_start(self) -> None:
         """Forget anything the sanity check put into the running best."""
