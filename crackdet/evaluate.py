@@ -157,12 +157,14 @@ class _Evaluation:
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
-        self.ckpt_path = str(Path(cfg.ckpt_path).expanduser().resolve())
-        if not Path(self.ckpt_path).is_file():
+        if not cfg.ckpt_path or not Path(cfg.ckpt_path).expanduser().is_file():
+            problem = f"ckpt_path={cfg.ckpt_path} does not exist" if cfg.ckpt_path else (
+                "ckpt_path is not set")
             raise ConfigError(
-                f"ckpt_path={cfg.ckpt_path} does not exist; give a checkpoint such as "
-                "outputs/train/<run>/checkpoints/best.ckpt."
+                f"{problem}; give a checkpoint such as "
+                "ckpt_path=outputs/train/<run>/checkpoints/best.ckpt."
             )
+        self.ckpt_path = str(Path(cfg.ckpt_path).expanduser().resolve())
         self.target_recall = check_target_recall(cfg.eval.target_recall)
         self.recorded = recorded_data_settings(self.ckpt_path)
         self.settings = data_settings(cfg.data, self.recorded, self.ckpt_path)
