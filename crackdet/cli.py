@@ -25,7 +25,9 @@ def run_main(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             raise
         log.error("%s", error)
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
-        if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
+        # (A config composed without running Hydra, as in tests, has no mode.)
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise error from None  # the sweep records this job as failed, with this message
         sys.exit(2)

@@ -11,20 +11,30 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from crackdet.errors import OutputError
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to a temporary file beside `path`, then rename it into place."""
+    """Write `data` to a temporary file beside `path`, then rename it into place.
+
+    A failed write (disk full, folder not writable) raises OutputError naming `path` and leaves
+    an earlier file at `path` as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise OutputError.from_os_error(path, exc) from exc
         raise
     return path
 

@@ -17,6 +17,7 @@ from crackdet.features import FeatureCache
 from crackdet.io import write_json
 from crackdet.sweeps import log_final_hparams
 from crackdet.threshold import stored_operating_point
+from crackdet.validation import validate_train_config
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def check_output_dir(output_dir: Path, ckpt_path: str | None) -> None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the model, test the best checkpoint when a test split exists, write metrics.json."""
+    validate_train_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     check_output_dir(output_dir, cfg.get("ckpt_path"))
     if cfg.get("seed") is not None:

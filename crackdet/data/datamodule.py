@@ -9,9 +9,10 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from crackdet.data.dataset import ImageRecordDataset
+from crackdet.data.resumable import ResumableDataLoader, ResumableSampler
 from crackdet.data.scan import ScanResult, format_bad_files, scan_folder
 from crackdet.data.splits import Splits, reference_split, stratified_split
 from crackdet.data.synthetic import make_synthetic_dataset
@@ -191,14 +192,15 @@ class CrackDataModule(L.LightningDataModule):
         # Own generators seeded by the run's seed: the batch order is the same with or without
         # workers or cached features, and loaders never draw from the global stream (dropout).
         seed = torch.initial_seed()
-        # Training keeps Lightning's DistributedSampler; evaluation must see every sample once.
+        # Training: an order fixed by (seed, epoch), shared out between processes and resumable
+        # mid-epoch (crackdet.data.resumable); evaluation must see every sample once.
         if shuffle:
-            sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+            sampler = ResumableSampler(dataset)
         else:
             sampler = eval_sampler(dataset, self.trainer, name)
         # Cached features are in memory: worker processes would only add start-up time.
         workers = self.num_workers if features is None else 0
-        return DataLoader(
+        return (ResumableDataLoader if shuffle else DataLoader)(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,

@@ -38,10 +38,8 @@ class ScanResult:
     bad_files: list[tuple[str, str]] = field(default_factory=list)
 
 
-def list_labelled_files(
-    data_dir: str | Path, classes: Mapping[str, Sequence[str]]
-) -> list[tuple[Path, int]]:
-    """Every file below each class folder, sorted by name, with its label; errors name the fix."""
+def check_data_dir(data_dir: str | Path, classes: Mapping[str, Sequence[str]]) -> Path:
+    """The data folder, once it and every class folder are known to exist; errors name the fix."""
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise DataError(
@@ -54,20 +52,32 @@ def list_labelled_files(
             f"data.classes has keys {sorted(classes)}; it needs exactly 'negative' and 'positive', "
             "each a list of folder names, e.g. data.classes.positive=[Positive]."
         )
-    files: list[tuple[Path, int]] = []
     for key, folders in classes.items():
-        label = CLASS_LABELS[key]
-        if isinstance(folders, str):
-            folders = [folders]
-        for folder in folders:
-            class_dir = root / folder
-            if not class_dir.is_dir():
+        for folder in _folder_list(folders):
+            if not (root / folder).is_dir():
                 present = sorted(p.name for p in root.iterdir() if p.is_dir())
                 raise DataError(
                     f"data.data_dir={root} has no {folder}/ folder (data.classes.{key} lists it). "
                     f"Folders present: {present or 'none'}. Create it or set "
                     f"data.classes.{key}=[<folder name>]."
                 )
+    return root
+
+
+def _folder_list(folders: str | Sequence[str]) -> list[str]:
+    return [folders] if isinstance(folders, str) else list(folders)
+
+
+def list_labelled_files(
+    data_dir: str | Path, classes: Mapping[str, Sequence[str]]
+) -> list[tuple[Path, int]]:
+    """Every file below each class folder, sorted by name, with its label; errors name the fix."""
+    root = check_data_dir(data_dir, classes)
+    files: list[tuple[Path, int]] = []
+    for key, folders in classes.items():
+        label = CLASS_LABELS[key]
+        for folder in _folder_list(folders):
+            class_dir = root / folder
             found = sorted(
                 p
                 for p in class_dir.rglob("*")

@@ -35,6 +35,21 @@ def duplicate_groups(records: Sequence[ImageRecord]) -> list[list[ImageRecord]]:
     return list(groups.values())
 
 
+def check_fractions(fractions: Sequence[float]) -> None:
+    """`data.fractions` must be three non-negative numbers (train, val, test) summing to 1."""
+    values = list(fractions) if isinstance(fractions, Sequence) else [fractions]
+    if (
+        len(values) != 3
+        or not all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in values)
+        or any(f < 0 for f in values)
+        or abs(sum(values) - 1) > 1e-6
+    ):
+        raise ConfigError(
+            f"data.fractions={values} must be three non-negative numbers "
+            "(train, val, test) summing to 1, e.g. data.fractions=[0.7,0.15,0.15]."
+        )
+
+
 def stratified_split(
     records: Sequence[ImageRecord], fractions: Sequence[float], seed: int
 ) -> tuple[Splits, int]:
@@ -42,11 +57,7 @@ def stratified_split(
 
     Returns the splits and the number of duplicate groups (files sharing their bytes) found.
     """
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ConfigError(
-            f"data.fractions={list(fractions)} must be three non-negative numbers "
-            "(train, val, test) summing to 1, e.g. data.fractions=[0.7,0.15,0.15]."
-        )
+    check_fractions(fractions)
     groups = duplicate_groups(records)
     n_duplicate_groups = sum(1 for g in groups if len(g) > 1)
     by_label: dict[int, list[list[ImageRecord]]] = defaultdict(list)

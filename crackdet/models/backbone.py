@@ -71,6 +71,21 @@ def weights_identity(weights: str | None) -> str:
     return f"torchvision:{weights}"
 
 
+def resolve_weights(weights: str | None) -> Path | ResNet18_Weights | None:
+    """`model.weights` as an existing file or a torchvision weights name; nothing is read yet."""
+    if weights is None:
+        return None
+    path = Path(str(weights)).expanduser()
+    if path.is_file():
+        return path
+    if "/" in str(weights) or str(weights).endswith((".pt", ".pth", ".bin")):
+        raise WeightsError(
+            f"model.weights={weights}: no such file. Give an existing state-dict file, a "
+            "torchvision weights name (IMAGENET1K_V1) or null."
+        )
+    return _enum_weights(str(weights))
+
+
 def build_backbone(weights: str | None) -> nn.Module:
     """ResNet18 with its classifier removed, giving 512 features per image.
 
@@ -78,19 +93,14 @@ def build_backbone(weights: str | None) -> nn.Module:
     None for random initialisation. Never falls back to random weights when loading fails.
     """
     model = resnet18(weights=None)
-    if weights is not None:
-        path = Path(str(weights)).expanduser()
-        if path.is_file():
-            state = _file_weights(path)
-            source = str(path)
-        elif "/" in str(weights) or str(weights).endswith((".pt", ".pth", ".bin")):
-            raise WeightsError(
-                f"model.weights={weights}: no such file. Give an existing state-dict file, a "
-                "torchvision weights name (IMAGENET1K_V1) or null."
-            )
+    resolved = resolve_weights(weights)
+    if resolved is not None:
+        if isinstance(resolved, Path):
+            state = _file_weights(resolved)
+            source = str(resolved)
         else:
-            state = _download_enum_weights(_enum_weights(str(weights)))
-            source = str(weights)
+            state = _download_enum_weights(resolved)
+            source = resolved.name
         # The classifier is replaced anyway; a checkpoint with any fc (or none) is acceptable.
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         expected = {k for k in model.state_dict() if not k.startswith("fc.")}

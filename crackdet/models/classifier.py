@@ -190,8 +190,9 @@ class CrackClassifier(L.LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def on_train_start(self) -> None:
-        """Forget anything the sanity check put into the running best."""
-        self.val_acc_best.reset()
+        """Forget anything the sanity check put into the running best (a resumed run keeps it)."""
+        if self.trainer.ckpt_path is None:
+            self.val_acc_best.reset()
 
     def on_train_epoch_start(self) -> None:
         """Re-assert the backbone's mode, whatever a loop or callback did to the module tree."""

@@ -1,0 +1,233 @@
+"""Surviving interruption: stop cleanly on Ctrl-C or SIGTERM, and resume as if never stopped."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import shlex
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torchmetrics import Metric
+
+log = logging.getLogger(__name__)
+
+#: Ctrl-C, and what `kill`, schedulers (SLURM) and container runtimes send before killing.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_CKPT_OVERRIDE = re.compile(r"^[+~]*ckpt_path=")
+
+
+class TrainingInterrupted(SystemExit):
+    """Training stopped on a signal after saving a checkpoint; the exit status is 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+def resume_command(ckpt_path: str | Path, run_dir: str | Path, script: str = "train.py") -> str:
+    """The shell command that resumes a run: its overrides, the checkpoint, the same directory."""
+    overrides: list[str] = []
+    if HydraConfig.initialized():
+        overrides = [o for o in HydraConfig.get().overrides.task if not _CKPT_OVERRIDE.match(o)]
+    # The same directory: its best checkpoint stays the one to beat and its logs continue.
+    args = [*overrides, f"ckpt_path={ckpt_path}", f"hydra.run.dir={run_dir}"]
+    return " ".join(["python", script, *(shlex.quote(a) for a in args)])
+
+
+class InterruptCheckpoint(L.Callback):
+    """Ctrl-C or SIGTERM: finish the training step, save a checkpoint, print how to resume.
+
+    The first signal only sets a flag. At the end of the training step in progress (the same
+    step in every process) the run saves `<dirpath>/<filename>.ckpt`, logs the command that
+    resumes it and exits with status 128 + signal (130 for Ctrl-C, 143 for SIGTERM). A signal
+    during validation takes effect after it. A second signal stops at once, without saving.
+    """
+
+    def __init__(self, dirpath: str | Path, filename: str = "interrupted", script: str = "train.py"):
+        self.dirpath = Path(dirpath)
+        self.filename = filename
+        self.script = script
+        self.received: int | None = None
+        self._pid = os.getpid()
+
+    @property
+    def ckpt_path(self) -> Path:
+        """Where the checkpoint of an interrupted run goes."""
+        return self.dirpath / f"{self.filename}.ckpt"
+
+    def _install(self) -> None:
+        # Lightning installs its own SIGTERM handler when fitting starts (after `setup`); it would
+        # stop in the middle of a validation epoch. It restores the earlier handlers on teardown.
+        self._pid = os.getpid()
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked DataLoader worker: the training process decides
+        if self.received is not None:
+            raise KeyboardInterrupt  # asked twice: stop now, without a checkpoint
+        self.received = signum
+        log.warning(
+            "Received %s: training stops after the current step and saves %s "
+            "(send it again to stop at once, without saving).",
+            signal.Signals(signum).name,
+            self.ckpt_path,
+        )
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Forget a signal of an earlier fit."""
+        if stage == TrainerFn.FITTING:
+            self.received = None
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Take over SIGINT/SIGTERM before DataLoader workers fork, so they outlive a Ctrl-C."""
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._install()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Take over SIGINT/SIGTERM (again) for the training loop."""
+        self._install()
+
+    def _stop_if_requested(self, trainer: L.Trainer) -> None:
+        requested = self.received is not None or trainer.received_sigterm
+        # A collective: a signal seen by one process stops all of them at the same step.
+        if trainer.strategy.reduce_boolean_decision(requested, all=False):
+            raise TrainingInterrupted(self.received or signal.SIGTERM)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Stop here when a signal arrived during this step."""
+        self._stop_if_requested(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A signal during the last validation still stops the run (before testing)."""
+        self._stop_if_requested(trainer)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        """Save the checkpoint (every process takes part) and say how to resume."""
+        if isinstance(exception, TrainingInterrupted):
+            trainer.save_checkpoint(self.ckpt_path, weights_only=False)
+            if trainer.is_global_zero:
+                log.warning(
+                    "Training interrupted at epoch %d, step %d; saved %s.\nResume it with:\n  %s",
+                    trainer.current_epoch,
+                    trainer.global_step,
+                    self.ckpt_path,
+                    resume_command(self.ckpt_path, trainer.default_root_dir, self.script),
+                )
+        elif isinstance(exception, SIGTERMException) and exception.code is None:
+            # Lightning's own SIGTERM stop (before training started) would exit with status 0.
+            exception.code = 128 + signal.SIGTERM
+
+
+def _rng_state() -> dict[str, Any]:
+    """The global random generators, as plain values and tensors (weights_only-loadable)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _copy(value: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    if isinstance(value, list):
+        return [v.detach().cpu().clone() for v in value]
+    return value.detach().cpu().clone()
+
+
+class ResumeState(L.Callback):
+    """Puts into every checkpoint what Lightning leaves out, so a resumed run ends the same.
+
+    Lightning checkpoints hold the weights, optimizer and loop counters. A run resumed
+    mid-epoch also needs the random generators (augmentation, dropout) as they were, the running
+    state of the model's torchmetrics metrics (this epoch's `train/acc` so far, `val/acc_best`)
+    and the last logged values (the `fit` section of metrics.json). Metric states are summed over
+    processes when saved and restored on rank zero only (right for sum, cat, max and min states).
+    """
+
+    KEY = "crackdet_resume_state"
+
+    def __init__(self) -> None:
+        self._to_restore: dict[str, Any] | None = None
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Add the random generators, metric states and logged values to `checkpoint`."""
+        metrics: dict[str, dict[str, Any]] = {}
+        for name, metric in pl_module.named_modules():
+            if not isinstance(metric, Metric) or metric.update_count == 0:
+                continue
+            with metric.sync_context():  # a no-op in a single process
+                states = {k: _copy(v) for k, v in metric.metric_state.items()}
+            metrics[name] = {"states": states, "update_count": metric.update_count}
+        checkpoint[self.KEY] = {
+            "rng": _rng_state(),
+            "metrics": metrics,
+            "logged": {
+                k: v.detach().cpu().clone()
+                for k, v in trainer.callback_metrics.items()
+                if isinstance(v, torch.Tensor)
+            },
+        }
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Keep the saved state for when training starts."""
+        if trainer.state.fn == TrainerFn.FITTING:  # evaluating a checkpoint is not resuming it
+            self._to_restore = checkpoint.get(self.KEY)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Restore it right before the first batch, after the model's own start-of-fit resets."""
+        if self._to_restore is None:
+            return
+        state, self._to_restore = self._to_restore, None
+        if trainer.is_global_zero:
+            _set_metric_states(pl_module, state["metrics"])
+        trainer.callback_metrics.update(state["logged"])
+        _set_rng_state(state["rng"])
+
+
+def _set_metric_states(module: L.LightningModule, saved: dict[str, dict[str, Any]]) -> None:
+    metrics = {n: m for n, m in module.named_modules() if isinstance(m, Metric)}
+    for name, entry in saved.items():
+        metric = metrics.get(name)
+        if metric is None:
+            continue
+        metric.reset()
+        for key, value in entry["states"].items():
+            if isinstance(value, list):
+                setattr(metric, key, [v.to(metric.device) for v in value])
+            else:
+                setattr(metric, key, value.to(metric.device))
+        # Counts updates, so that computing a restored metric does not warn that it is empty.
+        metric._update_count = entry["update_count"]
