@@ -18,6 +18,7 @@ not be downloadable. The machine is usually shared, so the load average is recor
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import resource
@@ -34,6 +35,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.table import Table
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -293,6 +295,10 @@ def show(report: dict[str, Any], console: Console) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write its JSON report."""
     args = parse_args(argv)
+    # The feature cache says what it does (extract, load, wait) as train.py would show it.
+    crackdet_log = logging.getLogger("crackdet")
+    crackdet_log.setLevel(logging.INFO)
+    crackdet_log.addHandler(RichHandler(show_path=False))
     output = args.output or (PROJECT_ROOT / "benchmarks" / "results"
                              / f"throughput-{datetime.now():%Y%m%d-%H%M%S}.json")
     if output.exists():
