@@ -9,7 +9,6 @@ of the sweep can start processes again.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import sys
@@ -60,7 +59,17 @@ def eval_sampler(
     )
 
 
-def child_command(script: str, local_rank: int) -> tuple[list[str], str]:
+def entry_command() -> list[str]:
+    """How this process's entry point was started: `python script.py` or `python -m module`."""
+    import __main__
+
+    spec = getattr(__main__, "__spec__", None)
+    if spec is None:
+        return [sys.executable, os.path.abspath(sys.argv[0])]
+    return [sys.executable, "-m", spec.name]
+
+
+def child_command(entry: list[str], local_rank: int) -> tuple[list[str], str]:
     """The command of DDP child `local_rank`: the current Hydra job's config, in its directory."""
     hydra_cfg = HydraConfig.get()
     flags = [f"--config-name={hydra_cfg.job.config_name}"]
@@ -72,8 +81,7 @@ def child_command(script: str, local_rank: int) -> tuple[list[str], str]:
         elif source.provider == "command-line":
             flags.append(f"--config-dir={source.path}")
     command = [
-        sys.executable,
-        script,
+        *entry,
         *flags,
         *hydra_cfg.overrides.task,
         f'hydra.run.dir="{hydra_cfg.runtime.output_dir}"',
@@ -89,6 +97,9 @@ class DistributedJobs(Callback):
     """Hydra callback: DDP children re-run their parent's job; only rank zero logs below WARNING."""
 
     def __init__(self) -> None:
+        # Hydra makes its callbacks in the launching process; a submitit worker gets a copy, so
+        # its DDP children still re-run train.py rather than the worker's own module.
+        self._entry = entry_command()
         self._saved_env: dict[str, str | None] = {}
         self._saved_commands: list[Callable[..., Any]] = []
         self._quieted = False
@@ -98,11 +109,9 @@ class DistributedJobs(Callback):
     ) -> None:
         """Route Lightning's child-process command to this job; quiet the other ranks' logs."""
         self._saved_env = {name: os.environ.get(name) for name in LAUNCHER_ENV}
-        # The task function's file is the entry script, also inside a submitit worker process.
-        script = inspect.getfile(task_function)
         self._saved_commands = [module._hydra_subprocess_cmd for module in _LAUNCHER_MODULES]
         for module in _LAUNCHER_MODULES:
-            module._hydra_subprocess_cmd = partial(child_command, script)
+            module._hydra_subprocess_cmd = partial(child_command, self._entry)
         if process_rank() != 0:
             # Also Lightning's own loggers, which set their level to INFO.
             logging.disable(logging.INFO)

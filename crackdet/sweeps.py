@@ -157,6 +157,9 @@ def summary_table(rows: list[Mapping[str, Any]], title: str) -> Table:
 def print_summary(rows: list[Mapping[str, Any]], title: str) -> None:
     """Print the ranked table, then each failed job's error."""
     console = Console()
+    if not rows:
+        console.print(f"{title}: no job has finished.")
+        return
     if not console.is_terminal:
         console.width = max(console.width, 160)  # a log file has room for every column
     console.print(summary_table(rows, title))
