@@ -275,14 +275,16 @@ def cached_features(
                 device = trainer.strategy.root_device if trainer else None
                 extract = _extractor(datamodule, backbone, runtime, datamodule.batch_size,
                                      precision, device)
+                prepared = time.perf_counter()
                 features = extract_features(datamodule, extract, records[rank::world], rank == 0)
                 if world > 1:
                     features = _gather(features, len(records), trainer)
                 if rank == 0:
                     write_cache(path, key, features)
-                    seconds = time.perf_counter() - start
-                    log.info("Extracted %d features in %.1f s (%.1f images/s); saved to %s.",
-                             len(records), seconds, len(records) / seconds, path)
+                    seconds = time.perf_counter() - prepared
+                    log.info("Extracted %d features in %.1f s (%.1f images/s, after %.1f s "
+                             "preparing the %s backbone); saved to %s.", len(records), seconds,
+                             len(records) / seconds, prepared - start, runtime, path)
     except OSError as exc:
         raise DataError(
             f"Cannot keep backbone features in paths.cache_dir={datamodule.cache_dir} "
