@@ -154,13 +154,15 @@ def load_inputs(paths: Sequence[Path], loaded: LoadedCheckpoint) -> tuple[torch.
 
 
 def _calibration_images(cfg: DictConfig, loaded: LoadedCheckpoint) -> tuple[torch.Tensor, str]:
-    source = cfg.get("calibration") or loaded.data_dir
-    if not source or not Path(source).exists():
-        raise ConfigError(
-            "quantize=int8 calibrates on representative images: set calibration=<folder or "
-            "glob> (data set crops or photo tiles); the checkpoint's training folder "
-            f"{loaded.data_dir} does not exist here."
-        )
+    source = cfg.get("calibration")
+    if not source:
+        source = loaded.data_dir
+        if not source or not Path(source).is_dir():
+            raise ConfigError(
+                "quantize=int8 calibrates on representative images: set calibration=<folder or "
+                "glob> (data set crops or photo tiles); the checkpoint's training folder "
+                f"{loaded.data_dir} does not exist here."
+            )
     paths = spread_sample(find_images(str(source), "calibration"), int(cfg.calibration_images))
     images, used = load_inputs(paths, loaded)
     log.info("Calibrating int8 on %d image(s) from %s.", len(used), source)
@@ -213,12 +215,15 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     fmt, quantize = _check_settings(cfg)
     model_path, sidecar = _targets(cfg, fmt)
     loaded = load_checkpoint(cfg.get("ckpt_path"))
-    threshold, source = resolve_threshold(cfg.get("threshold"), loaded.stored_threshold)
+    threshold, source = resolve_threshold(cfg.get("threshold"), loaded.stored_threshold,
+                                          setting="threshold")
     module = ProbabilityModel(loaded).eval()
     size = loaded.image_size
     example, check = torch.rand(2, 3, size, size), torch.rand(3, 3, size, size)
     with torch.inference_mode():
         expected = module(check).numpy()
+    # Bad calibration settings fail here, before the slow export.
+    calibration = _calibration_images(cfg, loaded) if quantize else None
 
     model_path.parent.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {}
@@ -238,12 +243,12 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             )
         meta["verification"] = {"max_abs_diff_vs_pytorch_fp32": diff, "random_inputs": 3}
         final = fp32
-        if quantize:
-            images, calibration = _calibration_images(cfg, loaded)
+        if calibration is not None:
+            images, calibration_source = calibration
             final = Path(scratch) / "model.int8.onnx"
             batches = [b.numpy() for b in images.split(8)]
             quantize_int8(fp32, final, batches)
-            meta["calibration"] = {"source": calibration, "images": len(images)}
+            meta["calibration"] = {"source": calibration_source, "images": len(images)}
             meta["int8_vs_fp32_on_calibration_images"] = _agreement(
                 run_exported(fp32, "onnx", images), run_exported(final, "onnx", images), threshold
             )

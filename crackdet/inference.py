@@ -84,8 +84,10 @@ def load_checkpoint(ckpt_path: str | Path | None) -> LoadedCheckpoint:
     )
 
 
-def resolve_threshold(override: float | None, stored: float | None) -> tuple[float, str]:
-    """The threshold to use and where it came from: the setting, the checkpoint, or 0.5."""
+def resolve_threshold(
+    override: float | None, stored: float | None, setting: str = "predict.threshold"
+) -> tuple[float, str]:
+    """The threshold to use and where it came from: `setting`, the checkpoint, or 0.5."""
     if override is not None:
         value, source = float(override), "setting"
     elif stored is not None:
@@ -93,10 +95,8 @@ def resolve_threshold(override: float | None, stored: float | None) -> tuple[flo
     else:
         value, source = DEFAULT_THRESHOLD, "default"
     if not 0.0 <= value <= 1.0 or math.isnan(value):
-        raise ConfigError(
-            f"threshold {value} (from the {source}) must lie in [0, 1]; "
-            "set predict.threshold=<p> to override it."
-        )
+        origin = f"{setting}={value}" if source == "setting" else f"The {source} threshold {value}"
+        raise ConfigError(f"{origin} must lie in [0, 1]; set {setting}=<p> in [0, 1].")
     return value, source
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from PIL import Image
+from PIL import Image, ImageOps
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torchvision.transforms.v2.functional import pil_to_tensor
 
@@ -23,7 +24,7 @@ from crackdet.inference import (
     pick_device,
     resolve_threshold,
 )
-from crackdet.io import write_csv
+from crackdet.io import atomic_write_bytes, write_csv
 from crackdet.tiling import Box, heatmap_overlay, tile_batches, tile_boxes
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             row = _Row(str(path.absolute()))
             rows.append(row)
             try:
-                image = load_rgb(path)
+                # Photos as they are displayed: cameras store portrait shots sideways + a tag.
+                image = ImageOps.exif_transpose(load_rgb(path))
             except Exception as exc:  # any decoder failure: report the file, carry on
                 row.error = f"{type(exc).__name__}: {exc}"
                 finished([row])
@@ -188,10 +190,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             boxes, row.tile_probs = predictor.scan_tiles(image, tiles_done)
             row.prob = max(row.tile_probs)
             name = _heatmap_name(path, used_names)
-            heatmap_dir.mkdir(parents=True, exist_ok=True)
             overlay = heatmap_overlay(image, boxes, row.tile_probs, threshold,
                                       settings.heatmap_max_side)
-            overlay.save(heatmap_dir / name)
+            png = io.BytesIO()
+            overlay.save(png, format="PNG")
+            atomic_write_bytes(heatmap_dir / name, png.getvalue())
             row.heatmap = f"heatmaps/{name}"
             finished([row])
         finished(predictor.flush())
