@@ -104,7 +104,7 @@ def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path) ->
         warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
         traced = torch.jit.trace(module, example)
     traced.save(str(path))
-    log.info("TorchScript is deprecated upstream (torch.jit warns since 2.10); "
+    log.info("TorchScript is deprecated upstream (torch.jit warns in torch 2.14); "
              "prefer format=onnx for new deployments.")
 
 

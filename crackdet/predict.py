@@ -78,6 +78,7 @@ class _Row:
     error: str = ""
 
     def cells(self, threshold: float) -> list[Any]:
+        """The CSV cells; an unreadable file has only its path and error."""
         if self.prob is None:
             return [self.path, self.width, self.height, "", "", "", "", "", "", "", self.error]
         tiles = self.tile_probs or [self.prob]
