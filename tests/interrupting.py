@@ -13,15 +13,21 @@ import lightning as L
 
 
 class SignalAtStep(L.Callback):
-    """Sends this process `signal_name` when the training step `step` starts (not when resuming)."""
+    """Sends this process `signal_name` when the training step `step` starts (not when resuming).
 
-    def __init__(self, step: int, signal_name: str = "SIGTERM"):
+    With `rank`, only that process of a multi-process run is signalled.
+    """
+
+    def __init__(self, step: int, signal_name: str = "SIGTERM", rank: int | None = None):
         self.step = step
         self.signum = signal.Signals[signal_name]
+        self.rank = rank
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         """Signal at the chosen step of a fresh run."""
+        if self.rank is not None and trainer.global_rank != self.rank:
+            return
         if trainer.global_step == self.step and trainer.ckpt_path is None:
             os.kill(os.getpid(), self.signum)

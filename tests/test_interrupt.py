@@ -67,9 +67,10 @@ def test_sigterm_saves_checkpoint_and_resume_ends_like_an_uninterrupted_run(
 ) -> None:
     common = [*TWO_EPOCHS, f"paths.cache_dir={synthetic_cache}"]
     run_dir = tmp_path / "interrupted"
-    # SIGTERM during step 5 of 8: the second epoch, after its first batch.
+    # SIGTERM during step 3 of 0..7, the last of the first epoch: the run validates that epoch
+    # and stops after the next step, mid-way through the second epoch.
     interrupted = start_train(
-        *common, f"hydra.run.dir={run_dir}", SIGNAL_AT, "+callbacks.interrupt_at.step=5"
+        *common, f"hydra.run.dir={run_dir}", SIGNAL_AT, "+callbacks.interrupt_at.step=3"
     )
     # Meanwhile the same run, uninterrupted, in this process.
     train(compose_cfg(tmp_path / "reference", common))
@@ -78,7 +79,7 @@ def test_sigterm_saves_checkpoint_and_resume_ends_like_an_uninterrupted_run(
 
     ckpt = run_dir / "checkpoints" / "interrupted.ckpt"
     saved = torch.load(ckpt, weights_only=True)
-    assert saved["epoch"] == 1 and saved["global_step"] == 6  # the step in progress completed
+    assert saved["epoch"] == 1 and saved["global_step"] == 5
     assert not (run_dir / "metrics.json").exists()
     resume_args = printed_resume_command(output)
     assert f"ckpt_path={ckpt}" in resume_args and f"hydra.run.dir={run_dir}" in resume_args
@@ -86,26 +87,34 @@ def test_sigterm_saves_checkpoint_and_resume_ends_like_an_uninterrupted_run(
     status, output = finish(start_train(*resume_args))
     assert status == 0, output
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert last["global_step"] == 8  # the 2 remaining steps only, none repeated
+    assert last["global_step"] == 8  # the 3 remaining steps only, none repeated
     with open(run_dir / "csv" / "metrics.csv", newline="") as handle:
         logged_steps = {int(row["step"]) for row in csv.DictReader(handle) if row["train/loss"]}
-    assert {0, 4, 6, 7} <= logged_steps  # the log of the interrupted part is kept
+    assert {0, 3, 5, 7} <= logged_steps  # the log of the interrupted part is kept
     resumed, uninterrupted = metric_sections(run_dir), metric_sections(tmp_path / "reference")
     for section, values in uninterrupted.items():
         assert resumed[section] == pytest.approx(values, rel=1e-6, abs=1e-6), section
 
 
-def test_ctrl_c_saves_checkpoint_and_exits_130(tiny_cfg, tmp_path: Path) -> None:
+def test_ctrl_c_in_the_last_step_stops_after_validation_and_resumes_to_the_end(
+    tiny_cfg, tmp_path: Path
+) -> None:
     handlers_before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
-    cfg = tiny_cfg(SIGNAL_AT, "+callbacks.interrupt_at.step=1",
-                   "+callbacks.interrupt_at.signal_name=SIGINT")
+    interrupt = [SIGNAL_AT, "+callbacks.interrupt_at.step=3",
+                 "+callbacks.interrupt_at.signal_name=SIGINT"]
     with pytest.raises(SystemExit) as stopped:
-        train(cfg)
+        train(tiny_cfg(*interrupt))
     assert stopped.value.code == 128 + signal.SIGINT
-    saved = torch.load(tmp_path / "run" / "checkpoints" / "interrupted.ckpt", weights_only=True)
-    assert saved["global_step"] == 2
     # Ctrl-C and SIGTERM act as before again once training has stopped.
     assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers_before
+    ckpt = tmp_path / "run" / "checkpoints" / "interrupted.ckpt"
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 4  # all of the only epoch
+    assert not (tmp_path / "run" / "metrics.json").exists()  # not tested yet
+
+    resumed = train(tiny_cfg(*interrupt, f"ckpt_path={ckpt}"))
+    uninterrupted = train(tiny_cfg(run_dir=tmp_path / "reference"))
+    for section in ("fit", "test", "operating_point"):
+        assert resumed[section] == pytest.approx(uninterrupted[section], rel=1e-6, abs=1e-6)
 
 
 def test_loader_resumes_with_exactly_the_batches_not_yet_seen() -> None:

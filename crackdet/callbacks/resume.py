@@ -50,8 +50,9 @@ class InterruptCheckpoint(L.Callback):
 
     The first signal only sets a flag. At the end of the training step in progress (the same
     step in every process) the run saves `<dirpath>/<filename>.ckpt`, logs the command that
-    resumes it and exits with status 128 + signal (130 for Ctrl-C, 143 for SIGTERM). A signal
-    during validation takes effect after it. A second signal stops at once, without saving.
+    resumes it and exits with status 128 + signal (130 for Ctrl-C, 143 for SIGTERM). At the
+    last step of an epoch it waits for the epoch's validation and stops after the next step,
+    or when training ends. A second signal stops at once, without saving.
     """
 
     def __init__(self, dirpath: str | Path, filename: str = "interrupted", script: str = "train.py"):
@@ -80,7 +81,8 @@ class InterruptCheckpoint(L.Callback):
             raise KeyboardInterrupt  # asked twice: stop now, without a checkpoint
         self.received = signum
         log.warning(
-            "Received %s: training stops after the current step and saves %s "
+            "Received %s: training stops after the current step (after validation at the end "
+            "of an epoch) and saves %s "
             "(send it again to stop at once, without saving).",
             signal.Signals(signum).name,
             self.ckpt_path,
@@ -110,8 +112,11 @@ class InterruptCheckpoint(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
         batch_idx: int,
     ) -> None:
-        """Stop here when a signal arrived during this step."""
-        self._stop_if_requested(trainer)
+        """Stop here when a signal arrived during this step, unless it ends the epoch."""
+        # The epoch's validation and end-of-epoch logging come after its last step, and a run
+        # resumed from that step would skip them: stop after the next step (or at the end).
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._stop_if_requested(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """A signal during the last validation still stops the run (before testing)."""
@@ -177,6 +182,7 @@ class ResumeState(L.Callback):
 
     def __init__(self) -> None:
         self._to_restore: dict[str, Any] | None = None
+        self._logged: dict[str, torch.Tensor] = {}
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -203,18 +209,25 @@ class ResumeState(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         """Keep the saved state for when training starts."""
-        if trainer.state.fn == TrainerFn.FITTING:  # evaluating a checkpoint is not resuming it
-            self._to_restore = checkpoint.get(self.KEY)
+        if trainer.state.fn == TrainerFn.FITTING and self.KEY in checkpoint:
+            # (Evaluating a checkpoint is not resuming it.)
+            self._to_restore = checkpoint[self.KEY]
+            self._logged = self._to_restore["logged"]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Restore it right before the first batch, after the model's own start-of-fit resets."""
+        """Restore the rest right before the first batch, after the model's start-of-fit resets."""
         if self._to_restore is None:
             return
         state, self._to_restore = self._to_restore, None
         if trainer.is_global_zero:
             _set_metric_states(pl_module, state["metrics"])
-        trainer.callback_metrics.update(state["logged"])
         _set_rng_state(state["rng"])
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Logged values of the checkpoint that this fit did not log again (no step was left)."""
+        for name, value in self._logged.items():
+            trainer.callback_metrics.setdefault(name, value)
+        self._logged = {}
 
 
 def _set_metric_states(module: L.LightningModule, saved: dict[str, dict[str, Any]]) -> None:
@@ -225,8 +238,10 @@ def _set_metric_states(module: L.LightningModule, saved: dict[str, dict[str, Any
             continue
         metric.reset()
         for key, value in entry["states"].items():
-            if isinstance(value, list):
-                setattr(metric, key, [v.to(metric.device) for v in value])
+            if isinstance(getattr(metric, key), list):
+                # Syncing processes concatenates a list state into one tensor.
+                values = value if isinstance(value, list) else [value]
+                setattr(metric, key, [v.to(metric.device) for v in values])
             else:
                 setattr(metric, key, value.to(metric.device))
         # Counts updates, so that computing a restored metric does not warn that it is empty.
