@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from crackdet.threshold import stored_operating_point
 from crackdet.validation import validate_train_config
 
 log = logging.getLogger(__name__)
+
+# The frozen backbone is in eval mode on purpose (BatchNorm statistics must not drift).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
 
 
 def _instantiate_all(section: DictConfig | None) -> list[Any]:
