@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator, Sized
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -20,19 +21,24 @@ from torch.utils.data import DataLoader, DistributedSampler
 class ResumableSampler(DistributedSampler):
     """A shuffle that depends only on (seed, epoch); each process takes its share of it.
 
-    The seed defaults to the run's seed (`PL_GLOBAL_SEED`, set by `seed_everything`), like the
-    DistributedSampler Lightning puts in place under DDP, so all processes agree on the order.
-    Being a DistributedSampler already, Lightning leaves it in place under DDP.
+    The seed defaults to the run's seed (`PL_GLOBAL_SEED`, set by `seed_everything`). Without
+    one it is random in a single process, and 0 across processes (which must agree), as in the
+    DistributedSampler Lightning puts in place under DDP. Being a DistributedSampler already,
+    Lightning leaves this one in place.
     """
 
     def __init__(self, dataset: Sized, shuffle: bool = True, seed: int | None = None):
         distributed = dist.is_available() and dist.is_initialized()
+        if seed is None and "PL_GLOBAL_SEED" in os.environ:
+            seed = int(os.environ["PL_GLOBAL_SEED"])
+        elif seed is None:
+            seed = 0 if distributed else torch.initial_seed() % 2**62
         super().__init__(
             dataset,  # type: ignore[arg-type]
             num_replicas=None if distributed else 1,
             rank=None if distributed else 0,
             shuffle=shuffle,
-            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed,
+            seed=seed,
         )
         self._skip = 0
 
