@@ -41,6 +41,7 @@ from rich.table import Table
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from crackdet.config import compose_config  # noqa: E402
 from crackdet.data.synthetic import make_synthetic_dataset  # noqa: E402
 from crackdet.errors import CrackdetError  # noqa: E402
 from crackdet.features import FeatureCache, extract_features  # noqa: E402
@@ -48,7 +49,6 @@ from crackdet.io import write_json  # noqa: E402
 from crackdet.models.backbone import build_backbone  # noqa: E402
 from crackdet.models.runtime import RUNTIMES, build_feature_extractor  # noqa: E402
 from crackdet.training import train  # noqa: E402
-from tests.conftest import compose_cfg  # noqa: E402  (the composition the tests use)
 
 REAL_SAMPLE = PROJECT_ROOT.parent / "shared" / "data" / "concrete_crack_sample"
 CLASS_FOLDERS = ("Negative", "Positive")
@@ -156,7 +156,7 @@ class Bench:
 
     def cfg(self, run: str, cache: str, *overrides: str):
         """The training config of run `run` using feature cache folder `cache`."""
-        return compose_cfg(self.work / "runs" / run,
+        return compose_config(self.work / "runs" / run,
                            [*self.overrides, f"paths.cache_dir={self.work / cache}", *overrides])
 
     def cold_extraction(self, runtime: str) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 #: The checkout's top folder (the parent of the `crackdet` package).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +35,30 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("optuna_sampler_seed"):
         OmegaConf.register_new_resolver("optuna_sampler_seed", optuna_sampler_seed)
+
+
+def compose_config(
+    output_dir: str | Path, overrides: list[str] | None = None, config_name: str = "train"
+) -> DictConfig:
+    """Compose a config as `python <entry>.py <overrides>` would, writing into `output_dir`.
+
+    For code that runs a job in-process without @hydra.main (tests, benchmarks, notebooks).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name=config_name,
+            overrides=[f"hydra.run.dir={output_dir}", *(overrides or [])],
+            return_hydra_config=True,
+        )
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
 
 
 register_resolvers()

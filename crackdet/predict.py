@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from PIL import Image, ImageOps
+from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torchvision.transforms.v2.functional import pil_to_tensor
 
@@ -177,8 +177,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             row = _Row(str(path.absolute()))
             rows.append(row)
             try:
-                # Photos as they are displayed: cameras store portrait shots sideways + a tag.
-                image = ImageOps.exif_transpose(load_rgb(path))
+                image = load_rgb(path)
             except Exception as exc:  # any decoder failure: report the file, carry on
                 row.error = f"{type(exc).__name__}: {exc}"
                 finished([row])

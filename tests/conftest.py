@@ -8,12 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from crackdet.config import CONFIG_DIR, PROJECT_ROOT
+from crackdet.config import PROJECT_ROOT, compose_config
 from crackdet.data.synthetic import make_synthetic_dataset
 
 #: The shared 2,000-image sample of the real data set, beside the checkout (absent in user clones).
@@ -36,21 +33,8 @@ TINY = [
 ]
 
 
-def compose_cfg(
-    output_dir: Path, overrides: list[str] | None = None, config_name: str = "train"
-) -> DictConfig:
-    """Compose a real config as `python <entry>.py` would, writing into `output_dir`."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name=config_name,
-            overrides=[f"hydra.run.dir={output_dir}", *(overrides or [])],
-            return_hydra_config=True,
-        )
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
+#: Tests compose configs exactly as the entry points and benchmarks do.
+compose_cfg = compose_config
 
 
 @pytest.fixture

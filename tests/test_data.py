@@ -266,3 +266,13 @@ def test_augmentation_is_applied_to_the_train_split_only(image_folder) -> None:
     assert torch.allclose(train_image, plain.flip(-1), atol=1e-5)
     val_a, val_b = dm.datasets["val"][0][0], dm.datasets["val"][0][0]
     assert torch.equal(val_a, val_b)
+
+
+def test_photos_are_read_upright_as_displayed(tmp_path: Path) -> None:
+    from crackdet.data.images import load_rgb
+
+    stored = Image.new("RGB", (60, 20), (90, 90, 90))
+    exif = stored.getexif()
+    exif[0x0112] = 6  # EXIF orientation: stored sideways, displayed rotated by 90 degrees
+    stored.save(tmp_path / "portrait.jpg", exif=exif.tobytes())
+    assert load_rgb(tmp_path / "portrait.jpg").size == (20, 60)

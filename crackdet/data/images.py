@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 # A truncated file must be reported as bad, never silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -31,15 +31,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image file fully decoded as RGB; raises on corrupt or truncated data."""
-    with Image.open(path) as image:
+def _decoded(source: str | Path | io.BytesIO) -> Image.Image:
+    with Image.open(source) as image:
         image.load()
-        return to_rgb(image)
+        # As the photo is displayed: cameras store portrait shots sideways plus an EXIF tag.
+        return to_rgb(ImageOps.exif_transpose(image))
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image file fully decoded, upright and RGB; raises on corrupt or truncated data."""
+    return _decoded(path)
 
 
 def decode_rgb(data: bytes) -> Image.Image:
-    """Decode image bytes fully as RGB; raises on corrupt or truncated data."""
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return to_rgb(image)
+    """Decode image bytes fully, upright and RGB; raises on corrupt or truncated data."""
+    return _decoded(io.BytesIO(data))
