@@ -63,3 +63,23 @@ def test_run_directories_are_unique_per_run() -> None:
     run_dir = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "hydra" / "default.yaml"))["run"]["dir"]
     assert "%f" in run_dir, "run directories must carry microseconds so runs never share one"
     assert run_dir.startswith("${paths.log_dir}/${task_name}/")
+
+
+@pytest.mark.parametrize("config_name", ["eval", "predict", "export"])
+def test_other_entry_configs_compose(tmp_path: Path, config_name: str) -> None:
+    cfg = compose_cfg(tmp_path, [f"ckpt_path={tmp_path / 'best.ckpt'}"], config_name=config_name)
+    assert cfg.task_name == config_name
+    container = OmegaConf.to_container(
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
+    )
+    assert container["ckpt_path"] == str(tmp_path / "best.ckpt")
+
+
+@pytest.mark.parametrize(
+    "override", [f"{g}={o}" for g in ("hparams_search", "launcher") for o in group_options(g)]
+)
+def test_sweep_and_launcher_options_compose(tmp_path: Path, override: str) -> None:
+    cfg = compose_cfg(tmp_path, [override])
+    group, option = override.split("=")
+    chosen = cfg.hydra.sweeper if group == "hparams_search" else cfg.hydra.launcher
+    assert option.split("_")[0] in chosen._target_.lower()

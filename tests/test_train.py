@@ -131,3 +131,19 @@ def test_real_images_random_backbone_well_above_chance(tiny_cfg, tmp_path: Path)
     results = train(cfg)
     assert results["test"]["test/samples"] == pytest.approx(300, abs=2)
     assert results["test"]["test/acc"] >= 0.75
+
+
+def test_optimizer_and_scheduler_are_swapped_from_the_command_line(tiny_cfg, tmp_path: Path) -> None:
+    # The README's example overrides: another optimizer, and a scheduler where there was none.
+    cfg = tiny_cfg(
+        "model.optimizer._target_=torch.optim.SGD", "+model.optimizer.momentum=0.9",
+        "model.scheduler={_target_: torch.optim.lr_scheduler.CosineAnnealingLR, "
+        "_partial_: true, T_max: 2}",
+        "trainer.max_epochs=2", "test=false",
+    )
+    results = train(cfg)
+    checkpoint = torch.load(results["best_checkpoint"], weights_only=True)
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["momentum"] == 0.9
+    assert len(checkpoint["lr_schedulers"]) == 1
+    # Cosine annealing over 2 epochs: the learning rate has fallen below its start by the end.
+    assert results["fit"]["lr-SGD"] < cfg.model.optimizer.lr
