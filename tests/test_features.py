@@ -33,9 +33,9 @@ def extractions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = features.extract_features
 
-    def counting(datamodule, extract, records, show_progress=True):
+    def counting(datamodule, extract, records, *args, **kwargs):
         calls.append(len(records))
-        return real(datamodule, extract, records, show_progress)
+        return real(datamodule, extract, records, *args, **kwargs)
 
     monkeypatch.setattr(features, "extract_features", counting)
     return calls
