@@ -34,7 +34,7 @@ def crack_mask(rng: np.random.Generator, size: int) -> np.ndarray:
         point = np.array([rng.uniform(0.2, 0.8) * size, 0.0])
         heading = np.pi / 2
     heading += rng.uniform(-0.5, 0.5)
-    width = max(2, int(round(size * rng.uniform(0.03, 0.06))))
+    width = max(2, int(round(size * rng.uniform(0.05, 0.09))))
     step = size / 24
     points = [tuple(point)]
     for _ in range(48):
@@ -53,7 +53,7 @@ def synthetic_image(seed: int, size: int, crack: bool) -> Image.Image:
     rng = np.random.default_rng(seed)
     grey = concrete_texture(rng, size)
     if crack:
-        depth = rng.uniform(90, 140)
+        depth = rng.uniform(110, 150)
         grey = grey - depth * crack_mask(rng, size)
     tint = rng.uniform(-3, 3, size=3)
     rgb = np.clip(grey[..., None] + tint[None, None, :], 0, 255).astype(np.uint8)
@@ -67,7 +67,7 @@ def make_synthetic_dataset(root: str | Path, n_per_class: int, size: int, seed: 
     concurrent or repeated runs share one copy.
     """
     root = Path(root)
-    params = {"n_per_class": n_per_class, "size": size, "seed": seed, "version": 1}
+    params = {"n_per_class": n_per_class, "size": size, "seed": seed, "version": 2}
     stamp = root / "synthetic.json"
     if stamp.exists() and json.loads(stamp.read_text()) == params:
         return root
