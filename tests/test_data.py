@@ -276,3 +276,24 @@ def test_photos_are_read_upright_as_displayed(tmp_path: Path) -> None:
     exif[0x0112] = 6  # EXIF orientation: stored sideways, displayed rotated by 90 degrees
     stored.save(tmp_path / "portrait.jpg", exif=exif.tobytes())
     assert load_rgb(tmp_path / "portrait.jpg").size == (20, 60)
+
+
+def test_hidden_files_and_folders_are_not_data(image_folder) -> None:
+    root = image_folder(n_per_class=3)
+    thumbs = root / "Positive" / ".thumbnails"
+    thumbs.mkdir()
+    (thumbs / "00000.jpg").write_bytes(b"a thumbnail cache entry, not an image")
+    (root / "Negative" / ".DS_Store").write_bytes(b"\x00\x01")
+    dm = datamodule(root, split="all")
+    assert len(dm.splits["test"]) == 6
+
+
+def test_synthetic_set_regenerated_smaller_leaves_no_extra_images(tmp_path: Path) -> None:
+    from crackdet.data.synthetic import make_synthetic_dataset
+
+    make_synthetic_dataset(tmp_path, n_per_class=5, size=32)
+    make_synthetic_dataset(tmp_path, n_per_class=3, size=32)
+    for cls in ("Positive", "Negative"):
+        assert sorted(p.name for p in (tmp_path / cls).iterdir()) == [
+            "00000.jpg", "00001.jpg", "00002.jpg"
+        ]

@@ -25,6 +25,7 @@ from crackdet.data.transforms import (
 )
 from crackdet.distributed import eval_sampler
 from crackdet.errors import ConfigError, DataError
+from crackdet.io import atomic_write_text
 
 SPLIT_MODES = ("seed", "stratified", "all")
 
@@ -63,7 +64,8 @@ class CrackDataModule(L.LightningDataModule):
         self.split = split
         self.train_fraction = float(train_fraction)
         self.fractions = [float(f) for f in fractions]
-        self.split_seed = int(split_seed)
+        # seed=null leaves training unseeded, but a split must still be the same on every run.
+        self.split_seed = 0 if split_seed is None else int(split_seed)
         self.augmentation = dict(augmentation or {})
         self.on_bad_image = on_bad_image
         self.mean, self.std = list(mean), list(std)
@@ -174,9 +176,8 @@ class CrackDataModule(L.LightningDataModule):
 
     @rank_zero_only
     def _write_bad_files(self, bad_files: list[tuple[str, str]]) -> None:
-        out = Path(self.output_dir) / "bad_files.txt"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("".join(f"{path}\t{error}\n" for path, error in bad_files))
+        text = "".join(f"{path}\t{error}\n" for path, error in bad_files)
+        atomic_write_text(Path(self.output_dir) / "bad_files.txt", text)
 
     def has_split(self, name: str) -> bool:
         """True when split `name` holds at least one image (after setup)."""

@@ -31,6 +31,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def visible_files(folder: Path) -> list[Path]:
+    """Every file below `folder`, except hidden ones and those in hidden folders (.thumbnails/)."""
+    return [
+        p for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
+
+
 def _decoded(source: str | Path | io.BytesIO) -> Image.Image:
     with Image.open(source) as image:
         image.load()

@@ -55,8 +55,10 @@ class ResumableSampler(DistributedSampler):
 class ResumableDataLoader(DataLoader):
     """A DataLoader over a `ResumableSampler` whose position in the epoch goes into checkpoints.
 
-    With a `generator`, it is re-seeded from (seed, epoch) at the start of every epoch, so worker
-    processes get the same random seeds in an interrupted run and its resumption.
+    With a `generator`, it is re-seeded from (seed, epoch) at the start of every epoch. Worker
+    processes that are started anew take their seeds from it; persistent workers (the default
+    with data.num_workers > 0) keep the streams of their first epoch, so with random
+    augmentation a resumed run's augmentations differ from the uninterrupted run's.
     """
 
     _batches_done = 0

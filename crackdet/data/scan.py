@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crackdet.data.images import decode_rgb
+from crackdet.data.images import decode_rgb, visible_files
 from crackdet.errors import DataError
+from crackdet.io import atomic_write_text
 
 #: Label of each key of `data.classes`: crack is the positive class.
 CLASS_LABELS = {"negative": 0, "positive": 1}
@@ -46,8 +47,7 @@ def check_data_dir(data_dir: str | Path, classes: Mapping[str, Sequence[str]]) -
             f"data.data_dir={root} does not exist or is not a folder. Point data.data_dir at a "
             "folder holding Positive/ and Negative/ (or run `python -m crackdet.data.download`)."
         )
-    unknown = set(classes) - set(CLASS_LABELS)
-    if unknown or not classes:
+    if set(classes) != set(CLASS_LABELS):
         raise DataError(
             f"data.classes has keys {sorted(classes)}; it needs exactly 'negative' and 'positive', "
             "each a list of folder names, e.g. data.classes.positive=[Positive]."
@@ -79,11 +79,7 @@ def list_labelled_files(
         for folder in _folder_list(folders):
             class_dir = root / folder
             found = sorted(
-                p
-                for p in class_dir.rglob("*")
-                if p.is_file()
-                and not p.name.startswith(".")
-                and p.name.lower() not in _IGNORED_NAMES
+                p for p in visible_files(class_dir) if p.name.lower() not in _IGNORED_NAMES
             )
             if not found:
                 raise DataError(
@@ -125,10 +121,7 @@ class _ScanCache:
     def save(self, entries: dict[str, list]) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(entries))
-        tmp.replace(self.path)
+        atomic_write_text(self.path, json.dumps(entries))
 
 
 def scan_folder(

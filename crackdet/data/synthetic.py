@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from crackdet.io import atomic_write_bytes, atomic_write_text
 
 
 def concrete_texture(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -69,16 +72,21 @@ def make_synthetic_dataset(root: str | Path, n_per_class: int, size: int, seed: 
     root = Path(root)
     params = {"n_per_class": n_per_class, "size": size, "seed": seed, "version": 2}
     stamp = root / "synthetic.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == params:
-        return root
+    try:
+        if json.loads(stamp.read_text()) == params:
+            return root
+    except (OSError, ValueError):
+        pass  # no set yet, or another one: (re)generate
     for folder, crack in (("Positive", True), ("Negative", False)):
         out = root / folder
-        out.mkdir(parents=True, exist_ok=True)
         for i in range(n_per_class):
             image_seed = seed * 1_000_003 + i * 2 + int(crack)
-            path = out / f"{i:05d}.jpg"
-            tmp = path.with_suffix(".tmp.jpg")
-            synthetic_image(image_seed, size, crack).save(tmp, quality=92)
-            tmp.replace(path)
-    stamp.write_text(json.dumps(params))
+            buffer = io.BytesIO()
+            synthetic_image(image_seed, size, crack).save(buffer, format="JPEG", quality=92)
+            # Unique temporary names: jobs generating the same set at once never collide.
+            atomic_write_bytes(out / f"{i:05d}.jpg", buffer.getvalue())
+        for extra in out.glob("*.jpg"):
+            if extra.stem.isdigit() and int(extra.stem) >= n_per_class:
+                extra.unlink(missing_ok=True)  # left by an earlier, larger set in this folder
+    atomic_write_text(stamp, json.dumps(params))
     return root
