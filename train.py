@@ -11,8 +11,7 @@ from crackdet.training import metric_value, train
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Compose the config, train, and return `optimized_metric` for sweepers."""
-    results = run_main(train, cfg)
-    return metric_value(results, cfg.get("optimized_metric"))
+    return run_main(lambda c: metric_value(train(c), c.get("optimized_metric")), cfg)
 
 
 if __name__ == "__main__":

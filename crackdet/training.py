@@ -86,14 +86,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             results["operating_point"] = stored_operating_point(best)
         if best and trainer.current_epoch > 1:
             # More than one epoch ran: report validation of the best weights, not the last.
-            results["validate"] = _scalars(trainer.validate(model, datamodule, ckpt_path=best)[0])
+            results["validate"] = _scalars(trainer.validate(model, datamodule=datamodule, ckpt_path=best)[0])
 
     if cfg.get("test", True):
         # Idempotent; under ddp_spawn only the spawned processes have set the data up so far.
         datamodule.setup("test")
     if cfg.get("test", True) and datamodule.has_split("test"):
-        best = results.get("best_checkpoint")
-        ckpt = best if best else cfg.get("ckpt_path")
+        # After fit: the best checkpoint, or (without one) the weights just trained; never the
+        # checkpoint the fit resumed from.
+        trained = cfg.get("train", True)
+        ckpt = (results.get("best_checkpoint") or None) if trained else cfg.get("ckpt_path")
         results["test"] = _scalars(trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)[0])
 
     if trainer.is_global_zero:

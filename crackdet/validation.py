@@ -140,6 +140,16 @@ def _check_run(cfg: DictConfig) -> None:
         _require(Path(str(ckpt_path)).expanduser().is_file(), "ckpt_path", ckpt_path,
                  "is not a file. Give a checkpoint of a training run, e.g. "
                  "ckpt_path=outputs/train/<run>/checkpoints/last.ckpt, or ckpt_path=null.")
+    if not cfg.get("train", True) and cfg.get("test", True) and ckpt_path is None:
+        raise ConfigError(
+            "train=false tests a trained model, but ckpt_path is not set: give "
+            "ckpt_path=outputs/train/<run>/checkpoints/best.ckpt (or evaluate it with eval.py)."
+        )
+    if cfg.get("train", True) and OmegaConf.select(cfg, "data.split") == "all":
+        raise ConfigError(
+            "data.split=all puts every image in the test split, leaving nothing to train on: "
+            "use data.split=seed or stratified for training, and data.split=all with eval.py."
+        )
     operating_point = OmegaConf.select(cfg, "callbacks.operating_point")
     if operating_point and "target_recall" in operating_point:
         recall = operating_point.target_recall

@@ -140,3 +140,12 @@ def test_checkpoint_holds_plain_hyperparameters(tiny_cfg) -> None:
     assert type(hparams["optimizer"]) is dict
     model = CrackClassifier.load_from_checkpoint(results["best_checkpoint"], weights=None)
     assert torch.equal(model.head[-1].weight, checkpoint["state_dict"]["head.0.weight"])
+
+
+def test_a_trained_backbone_keeps_batchnorm_frozen_under_bn_mode_frozen() -> None:
+    model = CrackClassifier(weights=None, freeze_backbone=False).train()
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    convs = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert norms and not any(m.training for m in norms)
+    assert all(m.training for m in convs)
+    assert all(p.requires_grad for p in model.backbone.parameters())

@@ -147,3 +147,25 @@ def test_optimizer_and_scheduler_are_swapped_from_the_command_line(tiny_cfg, tmp
     assert len(checkpoint["lr_schedulers"]) == 1
     # Cosine annealing over 2 epochs: the learning rate has fallen below its start by the end.
     assert results["fit"]["lr-SGD"] < cfg.model.optimizer.lr
+
+
+def test_unseeded_run_still_splits_reproducibly(tiny_cfg, tmp_path: Path) -> None:
+    first = train(tiny_cfg("seed=null", run_dir=tmp_path / "a"))
+    second = train(tiny_cfg("seed=null", run_dir=tmp_path / "b"))
+    paths = [
+        [row["path"] for row in read_csv(Path(r["output_dir"]) / "predictions_test.csv")]
+        for r in (first, second)
+    ]
+    assert paths[0] == paths[1] and len(paths[0]) == 6
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["train=false"], "train=false tests a trained model, but ckpt_path is not set"),
+        (["data.split=all"], "data.split=all puts every image in the test split"),
+    ],
+)
+def test_runs_that_cannot_work_are_refused_before_any_work(tiny_cfg, overrides, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        train(tiny_cfg(*overrides))

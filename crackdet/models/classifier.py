@@ -112,8 +112,13 @@ class CrackClassifier(L.LightningModule):
     def train(self, mode: bool = True) -> CrackClassifier:
         """Switch modes, but keep a frozen backbone's BatchNorm statistics fixed."""
         super().train(mode)
-        if self.hparams.bn_mode == "frozen" and self.hparams.freeze_backbone:
-            self.backbone.eval()
+        if self.hparams.bn_mode == "frozen":
+            # A trained backbone still keeps its BatchNorm statistics (and uses them) as loaded.
+            frozen = [self.backbone] if self.hparams.freeze_backbone else [
+                m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            ]
+            for module in frozen:
+                module.eval()
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
