@@ -269,6 +269,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `cfg.ckpt_path`: metrics.json, predictions.csv, figures and TensorBoard scalars."""
     output_dir = Path(cfg.paths.output_dir)
     check_eval_dir(output_dir)
+    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
+    if devices not in (1, "1") or nodes != 1:
+        raise ConfigError(
+            f"eval.py runs in one process, but trainer.devices={devices} "
+            f"trainer.num_nodes={nodes}: use trainer.devices=1 trainer.num_nodes=1."
+        )
     run = _Evaluation(cfg)
     split, predictions = run.split, run.predictions
     probs, labels = predictions["prob_crack"], predictions["label"]

@@ -158,10 +158,11 @@ def _calibration_images(cfg: DictConfig, loaded: LoadedCheckpoint) -> tuple[torc
     if not source:
         source = loaded.data_dir
         if not source or not Path(source).is_dir():
+            where = (f"the checkpoint's training folder {loaded.data_dir} does not exist here"
+                     if source else "the checkpoint records no training folder")
             raise ConfigError(
                 "quantize=int8 calibrates on representative images: set calibration=<folder or "
-                "glob> (data set crops or photo tiles); the checkpoint's training folder "
-                f"{loaded.data_dir} does not exist here."
+                f"glob> (data set crops or photo tiles); {where}."
             )
     paths = spread_sample(find_images(str(source), "calibration"), int(cfg.calibration_images))
     images, used = load_inputs(paths, loaded)

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from crackdet.data.images import visible_files
 from crackdet.data.transforms import eval_transform
 from crackdet.errors import ConfigError
 from crackdet.evaluate import recorded_data_settings
@@ -105,9 +106,17 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as exc:
         raise ConfigError(f"device={name} is not a torch device (auto, cpu, cuda, cuda:1).") from exc
+    if device.type == "cuda" and (
+        not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+    ):
+        raise ConfigError(
+            f"device={name}: this machine has {torch.cuda.device_count()} usable GPU(s); use "
+            "device=auto (a GPU when there is one) or device=cpu."
+        )
+    return device
 
 
 def image_suffixes() -> set[str]:
@@ -121,11 +130,11 @@ def _candidates(spec: str, setting: str) -> tuple[list[Path], bool]:
     if path.is_file():
         return [path], False
     if path.is_dir():
-        return [p for p in path.rglob("*") if p.is_file()], True
+        return visible_files(path), True
     if _GLOB_CHARS & set(spec):
         matches = [Path(m) for m in glob.glob(str(path), recursive=True)]
         files = [m for m in matches if m.is_file()]
-        files += [p for m in matches if m.is_dir() for p in m.rglob("*") if p.is_file()]
+        files += [p for m in matches if m.is_dir() for p in visible_files(m)]
         if files:
             return files, True
         raise ConfigError(f"{setting}={spec} matches no files.")

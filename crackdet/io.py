@@ -14,11 +14,16 @@ from typing import Any
 from crackdet.errors import OutputError
 
 
-def _default_file_mode() -> int:
-    """The mode a plain `open(path, "w")` would give: 0o666 less the process umask."""
-    umask = os.umask(0)
+def _process_umask() -> int:
+    # Read once at import: os.umask can only be read by setting it, which would race with
+    # files other threads (e.g. TensorBoard's writer) create meanwhile.
+    umask = os.umask(0o022)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+#: The mode a plain `open(path, "w")` gives: 0o666 less the process umask.
+_FILE_MODE = 0o666 & ~_process_umask()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -33,7 +38,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         # mkstemp makes owner-only files; results and caches should be as readable as any other.
-        os.fchmod(fd, _default_file_mode())
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

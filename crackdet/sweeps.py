@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import math
 import sys
 from collections.abc import Iterable, Mapping
 from importlib.metadata import version
@@ -100,9 +101,13 @@ def is_maximized(direction: Any) -> bool:
 def ranked(records: Iterable[Mapping[str, Any]], maximize: bool = True) -> list[dict[str, Any]]:
     """Jobs best first: finished jobs by their value, then jobs without a value, by job number."""
     records = [dict(r) for r in records]
-    scored = [r for r in records if r["value"] is not None]
+    # A diverged job can report NaN: it ranks with the jobs that have no value, not first.
+    def finite(r: Mapping[str, Any]) -> bool:
+        return r["value"] is not None and math.isfinite(r["value"])
+
+    scored = [r for r in records if finite(r)]
     scored.sort(key=lambda r: (-r["value"] if maximize else r["value"], r["job"]))
-    rest = sorted((r for r in records if r["value"] is None), key=lambda r: r["job"])
+    rest = sorted((r for r in records if not finite(r)), key=lambda r: r["job"])
     return scored + rest
 
 
@@ -183,9 +188,17 @@ def check_optuna_storage(storage: Any) -> None:
 class SweepSummary(Callback):
     """Hydra callback: `summary.csv` in the multirun directory and a ranked table on the console."""
 
-    def __init__(self, direction: Any = "maximize") -> None:
-        self.maximize = is_maximized(direction)
+    def __init__(self, direction: Any = "auto") -> None:
+        self.direction = direction
+        self.maximize = True if direction == "auto" else is_maximized(direction)
         self._sweep_dir: Path | None = None
+
+    def _maximized(self, config: DictConfig) -> bool:
+        """The configured direction; `auto`: minimize losses and errors, maximize the rest."""
+        if self.direction != "auto":
+            return is_maximized(self.direction)
+        metric = str(config.get("optimized_metric") or "")
+        return not any(word in metric for word in ("loss", "ece", "error"))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Check the Optuna storage; make sure the table is printed even if a job fails.
@@ -199,6 +212,7 @@ class SweepSummary(Callback):
             log.error("%s", exc)
             sys.exit(2)  # Hydra turns callback exceptions into warnings and carries on
         self._sweep_dir = Path(config.hydra.sweep.dir)
+        self.maximize = self._maximized(config)
         atexit.register(self.report)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
@@ -206,7 +220,7 @@ class SweepSummary(Callback):
         if config.hydra.mode != RunMode.MULTIRUN or process_rank() != 0:
             return
         write_json(Path(config.hydra.runtime.output_dir) / JOB_FILE, job_record(config, job_return))
-        write_summary(Path(config.hydra.sweep.dir), self.maximize)
+        write_summary(Path(config.hydra.sweep.dir), self._maximized(config))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Write the final summary.csv and print the table."""

@@ -111,3 +111,10 @@ def test_eval_py_on_another_folder_layout_and_image_size(trained_run: Path, imag
     assert metrics["metrics"]["all/samples"] == 8
     assert metrics["data"]["image_size"] == 48  # the checkpoint's size, not the folder's
     assert metrics["operating_point"]["source"].startswith("checkpoint")
+
+
+def test_eval_refuses_several_processes(tmp_path: Path) -> None:
+    cfg = compose_cfg(tmp_path / "eval", [f"ckpt_path={tmp_path / 'best.ckpt'}", "trainer.devices=2"],
+                      config_name="eval")
+    with pytest.raises(ConfigError, match="eval.py runs in one process"):
+        evaluate(cfg)

@@ -11,12 +11,10 @@ from crackdet.io import write_csv, write_json
 
 
 def test_results_get_the_usual_permissions(tmp_path: Path) -> None:
-    old = os.umask(0o022)
-    try:
-        path = write_json(tmp_path / "metrics.json", {"val/acc": 0.5})
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    path = write_json(tmp_path / "metrics.json", {"val/acc": 0.5})
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # as open() would, not 0o600
     assert json.loads(path.read_text()) == {"val/acc": 0.5}
 
 

@@ -158,3 +158,13 @@ def test_entry_point_names_a_missing_input(best_ckpt: Path, tmp_path: Path):
     assert result.returncode == 2
     assert f"input={missing}: no such file or folder" in result.stdout + result.stderr
     assert not (tmp_path / "run" / "predictions.csv").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_a_gpu_that_is_not_there_names_the_fix() -> None:
+    from crackdet.errors import ConfigError
+    from crackdet.inference import pick_device
+
+    with pytest.raises(ConfigError, match="use device=auto"):
+        pick_device("cuda")
+    assert pick_device("auto").type == "cpu"

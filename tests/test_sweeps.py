@@ -222,3 +222,19 @@ def test_slurm_launcher_config_asks_for_the_trainers_nodes_and_gpus(tmp_path, mo
     for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu",
                  "--time=90"):
         assert f"#SBATCH {line}\n" in sbatch
+
+
+def test_a_diverged_job_never_ranks_first() -> None:
+    jobs = [{"job": 0, "value": float("nan")}, {"job": 1, "value": 0.7}, {"job": 2, "value": None},
+            {"job": 3, "value": 0.9}]
+    assert [r["job"] for r in ranked(jobs)] == [3, 1, 0, 2]
+    assert [r["job"] for r in ranked(jobs, maximize=False)] == [1, 3, 0, 2]
+
+
+@pytest.mark.parametrize("metric,maximize", [("val/acc_best", True), ("val/loss", False),
+                                             ("test/ece", False), ("val/auroc", True)])
+def test_summary_ranks_losses_lowest_first(metric: str, maximize: bool) -> None:
+    from crackdet.sweeps import SweepSummary
+
+    assert SweepSummary("auto")._maximized(OmegaConf.create({"optimized_metric": metric})) is maximize
+    assert SweepSummary("maximize")._maximized(OmegaConf.create({"optimized_metric": metric}))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import matplotlib.pyplot as plt
 import torch
@@ -12,6 +14,7 @@ from crackdet.callbacks.outputs import EpochOutputs
 from crackdet.data.scan import CLASS_NAMES
 from crackdet.data.transforms import denormalize
 from crackdet.plots import confusion_matrix_figure, image_grid_figure
+from crackdet.threshold import decisions
 
 
 def _tensorboard(trainer: L.Trainer):
@@ -25,7 +28,7 @@ def most_confident_mistakes(
     probs: torch.Tensor, labels: torch.Tensor, k: int, threshold: float = 0.5
 ) -> torch.Tensor:
     """Positions of up to `k` misclassified samples, the most confidently wrong first."""
-    preds = (probs >= threshold).long()
+    preds = decisions(probs, threshold)
     wrong = torch.nonzero(preds != labels).flatten()
     confidence = torch.where(labels[wrong] == 1, 1 - probs[wrong], probs[wrong])
     return wrong[torch.argsort(confidence, descending=True)[:k]]
@@ -60,7 +63,7 @@ class EvaluationFigures(EpochOutputs):
             sample = int(idx[position])
             image = dataset[sample][0]
             images.append(denormalize(image, mean, std).permute(1, 2, 0).numpy())
-            name = dataset.paths[sample].rsplit("/", 1)[-1]
+            name = Path(dataset.records[sample].path).name
             titles.append(f"{name}\ntrue {CLASS_NAMES[int(labels[position])]}, "
                           f"p(crack)={float(probs[position]):.3f}")
         fig = image_grid_figure(images, titles, title=f"{stage}: most confident mistakes")

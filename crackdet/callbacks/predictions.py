@@ -9,6 +9,7 @@ import torch
 
 from crackdet.callbacks.outputs import EpochOutputs
 from crackdet.io import write_csv
+from crackdet.threshold import decisions
 
 PREDICTION_COLUMNS = ("path", "label", "prob_crack", "pred")
 
@@ -24,7 +25,7 @@ class PredictionsWriter(EpochOutputs):
     def on_outputs(self, trainer, pl_module, stage, idx, probs, labels) -> None:
         """Write this epoch's predictions; a later epoch's file replaces an earlier one's."""
         paths = trainer.datamodule.datasets[stage].paths
-        preds = (probs >= self.threshold).long()
+        preds = decisions(probs, self.threshold)
         rows = (
             (paths[i], int(y), f"{p:.6f}", int(k))
             for i, y, p, k in zip(idx.tolist(), labels.tolist(), probs.tolist(), preds.tolist(),
