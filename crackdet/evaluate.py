@@ -26,6 +26,7 @@ from crackdet.data.datamodule import CrackDataModule
 from crackdet.data.scan import CLASS_NAMES
 from crackdet.errors import ConfigError, DataError
 from crackdet.evaluation_plots import pr_curve_figure, reliability_figure, roc_curve_figure
+from crackdet.inference import recorded_data_settings
 from crackdet.io import write_csv, write_json
 from crackdet.models.classifier import CrackClassifier
 from crackdet.plots import confusion_matrix_figure
@@ -47,12 +48,6 @@ _RECORDED = ("data_dir", "image_size", "batch_size", "train_fraction", "fraction
              "mean", "std")
 
 Predictions = dict[str, Any]  # the read_predictions layout: path, label, prob_crack (+ loss)
-
-
-def recorded_data_settings(ckpt_path: str | Path) -> dict[str, Any]:
-    """The training run's data settings that Lightning saved in the checkpoint (may be empty)."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    return dict(checkpoint.get(CrackDataModule.CHECKPOINT_HYPER_PARAMS_KEY) or {})
 
 
 def data_settings(data: DictConfig, recorded: Mapping[str, Any], ckpt_path: str) -> dict[str, Any]:

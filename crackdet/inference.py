@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from PIL import Image
 from torchvision.transforms import v2
@@ -18,7 +19,6 @@ from torchvision.transforms import v2
 from crackdet.data.images import visible_files
 from crackdet.data.transforms import eval_transform
 from crackdet.errors import ConfigError
-from crackdet.evaluate import recorded_data_settings
 from crackdet.models.classifier import CrackClassifier
 from crackdet.threshold import DEFAULT_THRESHOLD, stored_threshold
 
@@ -45,6 +45,12 @@ class LoadedCheckpoint:
         if normalize:
             return eval_transform(self.image_size, self.mean, self.std)
         return eval_transform(self.image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+
+def recorded_data_settings(ckpt_path: str | Path) -> dict[str, Any]:
+    """The training run's data settings that Lightning saved in the checkpoint (may be empty)."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    return dict(checkpoint.get(L.LightningDataModule.CHECKPOINT_HYPER_PARAMS_KEY) or {})
 
 
 def load_checkpoint(ckpt_path: str | Path | None) -> LoadedCheckpoint:
