@@ -239,6 +239,10 @@ class _Evaluation:
         if val is None:
             raise ConfigError("eval.temperature_scaling=true needs the training run's validation "
                               "split (see the warning above); set it to false.")
+        if self.split == "val":
+            log.warning("eval.temperature_scaling: the temperature is fitted on the validation "
+                        "split it is judged on, so val/ece_scaled is optimistic; judge it on "
+                        "data.split=test.")
         temperature = fit_temperature(val["prob_crack"], val["label"])
         scaled = apply_temperature(probs, temperature)
         result.update({
