@@ -169,3 +169,19 @@ def test_unseeded_run_still_splits_reproducibly(tiny_cfg, tmp_path: Path) -> Non
 def test_runs_that_cannot_work_are_refused_before_any_work(tiny_cfg, overrides, message) -> None:
     with pytest.raises(ConfigError, match=message):
         train(tiny_cfg(*overrides))
+
+
+def test_the_folder_is_checked_once_per_run(tiny_cfg, monkeypatch) -> None:
+    import crackdet.data.datamodule as datamodule_module
+
+    calls = []
+    real = datamodule_module.scan_folder
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(datamodule_module, "scan_folder", counting)
+    results = train(tiny_cfg("trainer.max_epochs=2"))
+    assert {"fit", "validate", "test"} <= set(results)  # three stages, one scan
+    assert len(calls) == 1

@@ -126,9 +126,16 @@ class CrackDataModule(L.LightningDataModule):
         return is_deterministic(self.augmentation)
 
     def prepare_data(self) -> None:
-        """Generate the synthetic data set once, when this data module is configured for one."""
+        """Generate the synthetic data set if configured, and check every file, in one process.
+
+        Lightning calls this on one process per machine, before the others set up: with
+        several processes they then read the checked files from the scan cache instead of each
+        decoding the whole folder again.
+        """
         if self.synthetic:
             make_synthetic_dataset(self.data_dir, **self.synthetic)
+        if self.scan is None:  # Lightning calls this again for every validate/test
+            self.scan = scan_folder(self.data_dir, self.classes, cache_dir=self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
         """Scan and check the folder, then split it; done once however often it is called."""
@@ -137,7 +144,8 @@ class CrackDataModule(L.LightningDataModule):
         if self.synthetic:
             # Every rank needs the files; generation is idempotent and writes atomically.
             make_synthetic_dataset(self.data_dir, **self.synthetic)
-        self.scan = scan_folder(self.data_dir, self.classes, cache_dir=self.cache_dir)
+        if self.scan is None:  # set up without prepare_data (or in another process than it)
+            self.scan = scan_folder(self.data_dir, self.classes, cache_dir=self.cache_dir)
         if self.scan.bad_files:
             self._handle_bad_files(self.scan.bad_files)
         records = self.scan.records
