@@ -37,6 +37,13 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("optuna_sampler_seed", optuna_sampler_seed)
 
 
+def run_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The run's whole configuration, resolved to plain values, without Hydra's own section."""
+    return OmegaConf.to_container(
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
+    )
+
+
 def compose_config(
     output_dir: str | Path, overrides: list[str] | None = None, config_name: str = "train"
 ) -> DictConfig:

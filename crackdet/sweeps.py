@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from crackdet.config import run_settings
 from crackdet.distributed import process_rank
 from crackdet.errors import ConfigError
 from crackdet.io import write_csv, write_json
@@ -248,9 +249,7 @@ def log_final_hparams(
     metrics = {f"hp/{name}": value for name, value in final_metrics(results).items()}
     if not metrics:
         return
-    resolved = OmegaConf.to_container(
-        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
-    )
+    resolved = run_settings(cfg)
     settings = _without_plumbing({k: v for k, v in resolved.items() if k not in HPARAMS_EXCLUDED})
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):

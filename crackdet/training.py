@@ -11,8 +11,9 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from crackdet.config import run_settings
 from crackdet.errors import ConfigError
 from crackdet.features import FeatureCache
 from crackdet.io import write_json
@@ -69,9 +70,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers: list[Logger] = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    hparams = OmegaConf.to_container(
-        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
-    )
+    hparams = run_settings(cfg)
     for logger in loggers:
         logger.log_hyperparams(hparams)
 

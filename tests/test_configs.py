@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from crackdet.config import CONFIG_DIR
+from crackdet.config import CONFIG_DIR, run_settings
 from tests.conftest import compose_cfg
 
 # Groups whose options are chosen with `group=option` on the command line of train.py.
@@ -28,9 +28,7 @@ def group_options(group: str) -> list[str]:
 def test_every_train_group_option_composes(tmp_path: Path, group: str, option: str) -> None:
     cfg = compose_cfg(tmp_path, [f"{group}={option}"])
     # Resolving everything catches broken interpolations, not just YAML syntax.
-    container = OmegaConf.to_container(
-        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
-    )
+    container = run_settings(cfg)
     assert container["paths"]["output_dir"] == str(tmp_path)
 
 
@@ -69,9 +67,7 @@ def test_run_directories_are_unique_per_run() -> None:
 def test_other_entry_configs_compose(tmp_path: Path, config_name: str) -> None:
     cfg = compose_cfg(tmp_path, [f"ckpt_path={tmp_path / 'best.ckpt'}"], config_name=config_name)
     assert cfg.task_name == config_name
-    container = OmegaConf.to_container(
-        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
-    )
+    container = run_settings(cfg)
     assert container["ckpt_path"] == str(tmp_path / "best.ckpt")
 
 
