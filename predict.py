@@ -3,9 +3,9 @@
 import hydra
 from omegaconf import DictConfig
 
-import crackdet.config  # noqa: F401  (registers the ${project_root:} resolver)
-from crackdet.cli import run_main
-from crackdet.predict import predict
+import crackdet.cli.config  # noqa: F401  (registers the ${project_root:} resolver)
+from crackdet.cli.run import run_main
+from crackdet.deploy.predict import predict
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")

@@ -42,10 +42,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from crackdet.data.images import load_rgb  # noqa: E402
-from crackdet.export import ProbabilityModel, onnx_session  # noqa: E402
-from crackdet.inference import find_images, load_checkpoint, spread_sample  # noqa: E402
+from crackdet.deploy.export import ProbabilityModel, onnx_session  # noqa: E402
+from crackdet.deploy.inference import find_images, load_checkpoint, spread_sample  # noqa: E402
+from crackdet.evaluation.threshold import decisions  # noqa: E402
 from crackdet.io import write_json  # noqa: E402
-from crackdet.threshold import decisions  # noqa: E402
 
 REAL_SAMPLE = PROJECT_ROOT.parent / "shared" / "data" / "concrete_crack_sample"
 

@@ -41,14 +41,14 @@ from rich.table import Table
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from crackdet.config import compose_config  # noqa: E402
+from crackdet.cli.config import compose_config  # noqa: E402
 from crackdet.data.synthetic import make_synthetic_dataset  # noqa: E402
 from crackdet.errors import CrackdetError  # noqa: E402
-from crackdet.features import FeatureCache, extract_features  # noqa: E402
 from crackdet.io import write_json  # noqa: E402
 from crackdet.models.backbone import build_backbone  # noqa: E402
 from crackdet.models.runtime import RUNTIMES, build_feature_extractor  # noqa: E402
-from crackdet.training import train  # noqa: E402
+from crackdet.training.feature_cache import FeatureCache, extract_features  # noqa: E402
+from crackdet.training.train import train  # noqa: E402
 
 REAL_SAMPLE = PROJECT_ROOT.parent / "shared" / "data" / "concrete_crack_sample"
 CLASS_FOLDERS = ("Negative", "Positive")

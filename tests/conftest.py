@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from crackdet.config import PROJECT_ROOT, compose_config
+from crackdet.cli.config import PROJECT_ROOT, compose_config
 from crackdet.data.synthetic import make_synthetic_dataset
 
 #: The shared 2,000-image sample of the real data set, beside the checkout (absent in user clones).
@@ -61,7 +61,7 @@ def synthetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, synthetic_cache: Path) -> Path:
     """A finished tiny training run (checkpoints, predictions, metrics.json), made once."""
-    from crackdet.training import train
+    from crackdet.training.train import train
 
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     train(compose_cfg(run_dir, [*TINY, f"paths.cache_dir={synthetic_cache}"]))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from crackdet.config import PROJECT_ROOT
+from crackdet.cli.config import PROJECT_ROOT
 from tests.conftest import run_entry
 
 README = (PROJECT_ROOT / "README.md").read_text()

@@ -94,7 +94,7 @@ class CrackDataModule(L.LightningDataModule):
         self.scan: ScanResult | None = None
         self.n_duplicate_groups = 0
         self.datasets: dict[str, ImageRecordDataset] = {}
-        #: Set by crackdet.features.FeatureCache: split name -> dataset of backbone features that
+        #: Set by crackdet.training.feature_cache.FeatureCache: split name -> dataset of backbone features that
         #: the loaders serve instead of images (`datasets` keep the images, for figures and paths).
         self.feature_source: Callable[[str], Dataset] | None = None
 

@@ -1,0 +1,71 @@
+"""Hydra/OmegaConf glue: resolvers the configs use and config-level checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+#: The checkout's top folder (the parent of the `crackdet` package).
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = PROJECT_ROOT / "conf"
+
+
+def optuna_sampler_seed(seed: int | None, storage: Any, study_name: str | None) -> int | None:
+    """`seed` plus the number of trials the stored study already holds (`seed` without storage).
+
+    A seeded sampler restarts its random draws in every process: a continued study would repeat
+    the first session's random start-up trials instead of trying new ones.
+    """
+    if seed is None or not storage or not isinstance(storage, str):
+        return seed
+    import optuna  # only a search with storage needs it
+
+    summaries = optuna.study.get_all_study_summaries(storage)
+    return int(seed) + next((s.n_trials for s in summaries if s.study_name == study_name), 0)
+
+
+def register_resolvers() -> None:
+    """Make `${project_root:}` and `${optuna_sampler_seed:...}` available to the configs.
+
+    Safe to call more than once.
+    """
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("optuna_sampler_seed"):
+        OmegaConf.register_new_resolver("optuna_sampler_seed", optuna_sampler_seed)
+
+
+def run_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The run's whole configuration, resolved to plain values, without Hydra's own section."""
+    return OmegaConf.to_container(
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
+    )
+
+
+def compose_config(
+    output_dir: str | Path, overrides: list[str] | None = None, config_name: str = "train"
+) -> DictConfig:
+    """Compose a config as `python <entry>.py <overrides>` would, writing into `output_dir`.
+
+    For code that runs a job in-process without @hydra.main (tests, benchmarks, notebooks).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name=config_name,
+            overrides=[f"hydra.run.dir={output_dir}", *(overrides or [])],
+            return_hydra_config=True,
+        )
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+register_resolvers()

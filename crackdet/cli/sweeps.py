@@ -1,0 +1,256 @@
+"""Comparing the jobs of a sweep: summary.csv and a console table per multirun, TensorBoard hparams.
+
+Every job of a multirun leaves `sweep_job.json` (status, overrides, metrics) in its directory;
+`summary.csv` in the multirun directory is rebuilt from those files after every job, so it covers
+every job that ran even when a job failed or the sweep was interrupted.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import math
+import sys
+from collections.abc import Iterable, Mapping
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from crackdet.cli.config import run_settings
+from crackdet.distributed import process_rank
+from crackdet.errors import ConfigError
+from crackdet.io import write_csv, write_json
+
+log = logging.getLogger(__name__)
+
+JOB_FILE = "sweep_job.json"
+SUMMARY_FILE = "summary.csv"
+#: Shown for every job beside its optimized metric, when the job logged them.
+SUMMARY_METRICS = (
+    "val/acc", "val/loss", "val/f1", "val/auroc", "test/acc", "test/loss", "test/f1", "test/auroc",
+)
+#: The subset the console table shows (summary.csv has them all).
+TABLE_METRICS = ("val/acc", "val/loss", "test/acc", "test/f1")
+SUMMARY_COLUMNS = (
+    "rank", "job", "status", "overrides", "optimized_metric", "value", *SUMMARY_METRICS, "error",
+    "output_dir",
+)
+#: Config sections left out of TensorBoard's HParams view: locations and plumbing, not settings.
+HPARAMS_EXCLUDED = ("hydra", "paths", "callbacks", "logger")
+INSTANTIATE_FLAGS = ("_convert_", "_recursive_", "_partial_")
+
+
+def final_metrics(results: Mapping[str, Any]) -> dict[str, float]:
+    """Every metric of a results dict at its final value (as `metric_value` looks them up)."""
+    merged: dict[str, float] = {}
+    for stage in ("fit", "validate", "test"):
+        merged.update(results.get(stage) or {})
+    return merged
+
+
+def error_line(job_return: JobReturn) -> str:
+    """`Type: first line of the message` of a failed job's exception ("" for a finished job)."""
+    try:
+        _ = job_return.return_value  # re-raises the job's exception
+    except Exception as error:  # any error of the job is reported, not handled
+        lines = str(error).strip().splitlines()
+        return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return ""
+
+
+def job_record(config: DictConfig, job_return: JobReturn) -> dict[str, Any]:
+    """What the summary shows of one finished job, from its config, status and metrics.json."""
+    output_dir = Path(config.hydra.runtime.output_dir)
+    metrics_file = output_dir / "metrics.json"
+    results = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    metrics = final_metrics(results)
+    failed = job_return.status != JobStatus.COMPLETED
+    name = config.get("optimized_metric")
+    return {
+        "job": int(config.hydra.job.num),
+        "status": "failed" if failed else "ok",
+        "overrides": list(config.hydra.overrides.task),
+        "optimized_metric": name,
+        "value": metrics.get(name),
+        "metrics": {metric: metrics.get(metric) for metric in SUMMARY_METRICS},
+        "error": error_line(job_return) if failed else "",
+        "output_dir": str(output_dir),
+    }
+
+
+def is_maximized(direction: Any) -> bool:
+    """True for `maximize`/`max` (also Optuna's Direction enum, or the first of several)."""
+    if OmegaConf.is_list(direction) or isinstance(direction, (list, tuple)):
+        direction = direction[0]
+    name = str(getattr(direction, "name", direction)).lower()
+    if name not in ("maximize", "max", "minimize", "min"):
+        raise ConfigError(
+            f"hydra.callbacks.sweep_summary.direction={direction} must be maximize or minimize."
+        )
+    return name.startswith("max")
+
+
+def ranked(records: Iterable[Mapping[str, Any]], maximize: bool = True) -> list[dict[str, Any]]:
+    """Jobs best first: finished jobs by their value, then jobs without a value, by job number."""
+    records = [dict(r) for r in records]
+    # A diverged job can report NaN: it ranks with the jobs that have no value, not first.
+    def finite(r: Mapping[str, Any]) -> bool:
+        return r["value"] is not None and math.isfinite(r["value"])
+
+    scored = [r for r in records if finite(r)]
+    scored.sort(key=lambda r: (-r["value"] if maximize else r["value"], r["job"]))
+    rest = sorted((r for r in records if not finite(r)), key=lambda r: r["job"])
+    return scored + rest
+
+
+def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The records of every job of the sweep in `sweep_dir` that has finished so far."""
+    return [json.loads(path.read_text()) for path in sorted(Path(sweep_dir).rglob(JOB_FILE))]
+
+
+def write_summary(sweep_dir: Path, maximize: bool = True) -> list[dict[str, Any]]:
+    """Rank the sweep's jobs and write them to `<sweep_dir>/summary.csv`; returns the rows."""
+    rows = ranked(collect_jobs(sweep_dir), maximize)
+    write_csv(
+        Path(sweep_dir) / SUMMARY_FILE,
+        SUMMARY_COLUMNS,
+        (
+            [
+                position, r["job"], r["status"], " ".join(r["overrides"]), r["optimized_metric"],
+                r["value"], *(r["metrics"].get(m) for m in SUMMARY_METRICS), r["error"],
+                r["output_dir"],
+            ]
+            for position, r in enumerate(rows, start=1)
+        ),
+    )
+    return rows
+
+
+def varying_overrides(rows: list[Mapping[str, Any]]) -> list[list[str]]:
+    """Each row's overrides without those every job shares (all of them for a single job)."""
+    if len(rows) < 2:
+        return [list(r["overrides"]) for r in rows]
+    shared = set.intersection(*(set(r["overrides"]) for r in rows))
+    return [[o for o in r["overrides"] if o not in shared] for r in rows]
+
+
+def summary_table(rows: list[Mapping[str, Any]], title: str) -> Table:
+    """A rich table of ranked summary rows: differing overrides, status, main metrics."""
+    metrics = [m for m in TABLE_METRICS if any(r["metrics"].get(m) is not None for r in rows)]
+    names = sorted({str(r["optimized_metric"]) for r in rows})
+    table = Table(title=title)
+    for column in ("#", "job", "overrides", "status", " | ".join(names), *metrics):
+        table.add_column(column, overflow="fold")
+    for position, (row, overrides) in enumerate(zip(rows, varying_overrides(rows), strict=True), 1):
+        status = "ok" if row["status"] == "ok" else "[red]failed[/red]"
+        values = [row["value"], *(row["metrics"].get(m) for m in metrics)]
+        table.add_row(
+            str(position), str(row["job"]), " ".join(overrides), status,
+            *("" if v is None else f"{v:.4f}" for v in values),
+        )
+    return table
+
+
+def print_summary(rows: list[Mapping[str, Any]], title: str) -> None:
+    """Print the ranked table, then each failed job's error."""
+    console = Console()
+    if not rows:
+        console.print(f"{title}: no job has finished.")
+        return
+    if not console.is_terminal:
+        console.width = max(console.width, 160)  # a log file has room for every column
+    console.print(summary_table(rows, title))
+    for row in rows:
+        if row["status"] != "ok":
+            console.print(f"[red]job {row['job']} failed:[/red] {row['error']}", highlight=False)
+
+
+def check_optuna_storage(storage: Any) -> None:
+    """Optuna 2.x cannot use a database under SQLAlchemy 2 (its schema check fails): say so."""
+    if not storage or not isinstance(storage, str):
+        return
+    if int(version("optuna").split(".")[0]) < 3 and int(version("sqlalchemy").split(".")[0]) >= 2:
+        raise ConfigError(
+            f"hydra.sweeper.storage={storage} needs SQLAlchemy 1.4 with optuna "
+            f"{version('optuna')} (installed: SQLAlchemy {version('sqlalchemy')}). "
+            "Install it with: pip install 'sqlalchemy>=1.4,<2'; or run without storage."
+        )
+
+
+class SweepSummary(Callback):
+    """Hydra callback: `summary.csv` in the multirun directory and a ranked table on the console."""
+
+    def __init__(self, direction: Any = "auto") -> None:
+        self.direction = direction
+        self.maximize = True if direction == "auto" else is_maximized(direction)
+        self._sweep_dir: Path | None = None
+
+    def _maximized(self, config: DictConfig) -> bool:
+        """The configured direction; `auto`: minimize losses and errors, maximize the rest."""
+        if self.direction != "auto":
+            return is_maximized(self.direction)
+        metric = str(config.get("optimized_metric") or "")
+        return not any(word in metric for word in ("loss", "ece", "error"))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Check the Optuna storage; make sure the table is printed even if a job fails.
+
+        Hydra raises a failed job's error after the whole sweep ran, skipping on_multirun_end,
+        so the table is then printed when the interpreter exits.
+        """
+        try:
+            check_optuna_storage(OmegaConf.select(config, "hydra.sweeper.storage"))
+        except ConfigError as exc:
+            log.error("%s", exc)
+            sys.exit(2)  # Hydra turns callback exceptions into warnings and carries on
+        self._sweep_dir = Path(config.hydra.sweep.dir)
+        self.maximize = self._maximized(config)
+        atexit.register(self.report)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """Record this job (rank zero of a multirun job only) and rebuild summary.csv."""
+        if config.hydra.mode != RunMode.MULTIRUN or process_rank() != 0:
+            return
+        write_json(Path(config.hydra.runtime.output_dir) / JOB_FILE, job_record(config, job_return))
+        write_summary(Path(config.hydra.sweep.dir), self._maximized(config))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Write the final summary.csv and print the table."""
+        self.report()
+
+    def report(self) -> None:
+        """Write summary.csv and print the ranked table, once per multirun."""
+        if self._sweep_dir is None or not self._sweep_dir.is_dir():
+            return
+        sweep_dir, self._sweep_dir = self._sweep_dir, None
+        rows = write_summary(sweep_dir, self.maximize)
+        print_summary(rows, f"{len(rows)} job(s), best first: {sweep_dir / SUMMARY_FILE}")
+
+
+def _without_plumbing(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_plumbing(v) for k, v in node.items() if k not in INSTANTIATE_FLAGS}
+    return node
+
+
+def log_final_hparams(
+    loggers: Iterable[Logger], cfg: DictConfig, results: Mapping[str, Any]
+) -> None:
+    """Give TensorBoard's HParams view this run's settings with its final metrics (as `hp/...`)."""
+    metrics = {f"hp/{name}": value for name, value in final_metrics(results).items()}
+    if not metrics:
+        return
+    resolved = run_settings(cfg)
+    settings = _without_plumbing({k: v for k, v in resolved.items() if k not in HPARAMS_EXCLUDED})
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(settings, metrics=metrics)

@@ -1,0 +1,1 @@
+"""Deployment: loading a checkpoint for inference, the predict job, tiling and export."""

@@ -1,0 +1,221 @@
+"""The job behind `python predict.py`: classify every photo found, tile the large ones, map cracks."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+from crackdet.data.images import load_rgb
+from crackdet.deploy.inference import (
+    LoadedCheckpoint,
+    find_images,
+    load_checkpoint,
+    pick_device,
+    resolve_threshold,
+)
+from crackdet.deploy.tiling import Box, heatmap_overlay, tile_batches, tile_boxes
+from crackdet.errors import ConfigError
+from crackdet.io import atomic_write_bytes, write_csv
+
+log = logging.getLogger(__name__)
+
+PREDICT_COLUMNS = (
+    "path", "width", "height", "prob_crack", "pred", "threshold",
+    "n_tiles", "crack_tile_fraction", "max_tile_prob", "heatmap", "error",
+)
+
+
+@dataclass
+class PredictSettings:
+    """The `predict.*` settings, checked."""
+
+    tile_size: int
+    stride: int
+    batch_size: int
+    heatmap_max_side: int
+    device: str
+
+    @classmethod
+    def from_cfg(cls, section: DictConfig) -> PredictSettings:
+        """Read and check `predict.*`; the stride defaults to the tile size."""
+        tile = int(section.tile_size)
+        stride = int(section.stride) if section.get("stride") is not None else tile
+        settings = cls(tile, stride, int(section.batch_size), int(section.heatmap_max_side),
+                       str(section.device))
+        if tile < 1 or settings.batch_size < 1 or settings.heatmap_max_side < 1:
+            raise ConfigError(
+                f"predict.tile_size={tile}, predict.batch_size={settings.batch_size} and "
+                f"predict.heatmap_max_side={settings.heatmap_max_side} must be positive integers."
+            )
+        if not 1 <= stride <= tile:
+            raise ConfigError(
+                f"predict.stride={stride} must lie in [1, predict.tile_size={tile}]: a larger "
+                "stride would leave parts of the photo unexamined."
+            )
+        return settings
+
+
+@dataclass
+class _Row:
+    """One line of predictions.csv."""
+
+    path: str
+    width: int | str = ""
+    height: int | str = ""
+    prob: float | None = None
+    tile_probs: list[float] = field(default_factory=list)
+    heatmap: str = ""
+    error: str = ""
+
+    def cells(self, threshold: float) -> list[Any]:
+        """The CSV cells; an unreadable file has only its path and error."""
+        if self.prob is None:
+            return [self.path, self.width, self.height, "", "", "", "", "", "", "", self.error]
+        tiles = self.tile_probs or [self.prob]
+        crack_tiles = sum(p >= threshold for p in tiles)
+        return [
+            self.path, self.width, self.height, f"{self.prob:.6f}", int(self.prob >= threshold),
+            threshold, len(tiles), f"{crack_tiles / len(tiles):.6f}", f"{max(tiles):.6f}",
+            self.heatmap, "",
+        ]
+
+
+class _Predictor:
+    """Runs the classifier in batches: whole small images across files, tiles within a photo."""
+
+    def __init__(self, loaded: LoadedCheckpoint, settings: PredictSettings, device: torch.device):
+        self.model = loaded.model.to(device).eval()
+        self.transform = loaded.transform()
+        self.settings = settings
+        self.device = device
+        self.pending: list[tuple[_Row, torch.Tensor]] = []
+
+    @torch.inference_mode()
+    def probabilities(self, batch: torch.Tensor) -> list[float]:
+        """p(crack) of every image of a preprocessed batch."""
+        return self.model(batch.to(self.device)).softmax(dim=-1)[:, 1].float().cpu().tolist()
+
+    def add_whole(self, row: _Row, image: Image.Image) -> list[_Row]:
+        """Queue a small image; returns the rows finished by a full batch."""
+        self.pending.append((row, self.transform(image)))
+        return self.flush() if len(self.pending) >= self.settings.batch_size else []
+
+    def flush(self) -> list[_Row]:
+        """Classify the queued small images."""
+        if not self.pending:
+            return []
+        rows, tensors = zip(*self.pending, strict=True)
+        self.pending = []
+        for row, prob in zip(rows, self.probabilities(torch.stack(tensors)), strict=True):
+            row.prob = prob
+        return list(rows)
+
+    def scan_tiles(
+        self, image: Image.Image, on_batch: Callable[[int, int], None]
+    ) -> tuple[list[Box], list[float]]:
+        """Boxes and p(crack) of every tile of a large image, one batch of tiles at a time."""
+        s = self.settings
+        boxes = tile_boxes(image.width, image.height, s.tile_size, s.stride)
+        probs: list[float] = []
+        for batch in tile_batches(pil_to_tensor(image), boxes, s.batch_size, self.transform):
+            probs += self.probabilities(batch)
+            on_batch(len(batch), len(boxes))
+        return boxes, probs
+
+
+def _heatmap_name(path: Path, used: set[str]) -> str:
+    """`<stem>_heatmap.png`, with -2, -3, ... appended when another photo had the same stem."""
+    name, n = f"{path.stem}_heatmap.png", 1
+    while name in used:
+        n += 1
+        name = f"{path.stem}-{n}_heatmap.png"
+    used.add(name)
+    return name
+
+
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """Classify every image `cfg.input` names; write predictions.csv and heatmaps/ to the run dir."""
+    settings = PredictSettings.from_cfg(cfg.predict)
+    paths = find_images(cfg.get("input"), "input")
+    loaded = load_checkpoint(cfg.get("ckpt_path"))
+    threshold, source = resolve_threshold(cfg.predict.get("threshold"), loaded.stored_threshold)
+    device = pick_device(settings.device)
+    output_dir = Path(cfg.paths.output_dir)
+    heatmap_dir = output_dir / "heatmaps"
+    log.info(
+        "Classifying %d image(s) with %s (image size %d, threshold %.4g from the %s) on %s; "
+        "images larger than %d px are scanned in tiles every %d px.",
+        len(paths), loaded.path, loaded.image_size, threshold, source, device,
+        settings.tile_size, settings.stride,
+    )
+    predictor = _Predictor(loaded, settings, device)
+    rows: list[_Row] = []
+    used_names: set[str] = set()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns) as progress:
+        images_task = progress.add_task("Images", total=len(paths))
+        tiles_task = progress.add_task("Tiles", total=None, visible=False)
+
+        def tiles_done(n: int, total: int) -> None:
+            progress.update(tiles_task, advance=n, total=total, visible=True)
+
+        def finished(done: list[_Row]) -> None:
+            progress.advance(images_task, len(done))
+
+        for path in paths:
+            row = _Row(str(path.absolute()))
+            rows.append(row)
+            try:
+                image = load_rgb(path)
+            except Exception as exc:  # any decoder failure: report the file, carry on
+                row.error = f"{type(exc).__name__}: {exc}"
+                finished([row])
+                continue
+            row.width, row.height = image.size
+            if max(image.size) <= settings.tile_size:
+                finished(predictor.add_whole(row, image))
+                continue
+            progress.reset(tiles_task, total=None, visible=False)
+            boxes, row.tile_probs = predictor.scan_tiles(image, tiles_done)
+            row.prob = max(row.tile_probs)
+            name = _heatmap_name(path, used_names)
+            overlay = heatmap_overlay(image, boxes, row.tile_probs, threshold,
+                                      settings.heatmap_max_side)
+            png = io.BytesIO()
+            overlay.save(png, format="PNG")
+            atomic_write_bytes(heatmap_dir / name, png.getvalue())
+            row.heatmap = f"heatmaps/{name}"
+            finished([row])
+        finished(predictor.flush())
+        progress.update(tiles_task, visible=False)
+
+    csv_path = write_csv(output_dir / "predictions.csv", PREDICT_COLUMNS,
+                         (row.cells(threshold) for row in rows))
+    summary = {
+        "predictions": str(csv_path),
+        "images": len(rows),
+        "errors": sum(bool(r.error) for r in rows),
+        "cracks": sum(r.prob is not None and r.prob >= threshold for r in rows),
+        "heatmaps": sum(bool(r.heatmap) for r in rows),
+        "threshold": threshold,
+        "threshold_source": source,
+    }
+    log.info(
+        "%d image(s): %d with a crack, %d unreadable, %d heatmap(s). Wrote %s",
+        summary["images"], summary["cracks"], summary["errors"], summary["heatmaps"], csv_path,
+    )
+    for row in rows:
+        if row.error:
+            log.warning("Could not read %s: %s", row.path, row.error)
+    return summary

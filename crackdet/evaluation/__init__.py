@@ -1,0 +1,1 @@
+"""Evaluation: the eval job, metrics at a threshold, calibration, figures and analysis helpers."""

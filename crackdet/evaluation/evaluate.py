@@ -1,0 +1,361 @@
+"""The evaluation job behind `python eval.py`: a checkpoint's metrics, predictions and figures."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+
+from crackdet.data.datamodule import CrackDataModule
+from crackdet.data.scan import CLASS_NAMES
+from crackdet.deploy.inference import recorded_data_settings
+from crackdet.errors import ConfigError, DataError
+from crackdet.evaluation.calibration import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+)
+from crackdet.evaluation.curves import pr_curve_figure, reliability_figure, roc_curve_figure
+from crackdet.evaluation.plots import confusion_matrix_figure
+from crackdet.evaluation.threshold import (
+    DEFAULT_THRESHOLD,
+    check_target_recall,
+    decisions,
+    stored_operating_point,
+    threshold_for_recall,
+    threshold_metrics,
+)
+from crackdet.io import write_csv, write_json
+from crackdet.models.lightning_model import CrackClassifier
+from crackdet.training.callbacks.outputs import EpochOutputs
+from crackdet.training.callbacks.predictions import PREDICTION_COLUMNS
+
+log = logging.getLogger(__name__)
+
+#: Values of eval's `data.split`: a part of the training run's split, or the whole folder.
+EVAL_SPLITS = ("test", "val", "all")
+#: eval's `data.*` keys that default to the checkpoint's record (CrackDataModule hyperparameters).
+_RECORDED = ("data_dir", "image_size", "batch_size", "train_fraction", "fractions", "split_seed",
+             "mean", "std")
+
+Predictions = dict[str, Any]  # the read_predictions layout: path, label, prob_crack (+ loss)
+
+
+def data_settings(data: DictConfig, recorded: Mapping[str, Any], ckpt_path: str) -> dict[str, Any]:
+    """CrackDataModule arguments: every null of eval's `data` taken from the checkpoint's record."""
+    given = OmegaConf.to_container(data, resolve=True)
+    subset = given.get("split")
+    if subset is not None and subset not in EVAL_SPLITS:
+        raise ConfigError(
+            f"data.split={subset}: for eval.py it names the images to evaluate, one of "
+            f"{list(EVAL_SPLITS)}; the training run's split mode is data.split_mode "
+            "(seed|stratified)."
+        )
+    settings = {k: given[k] if given.get(k) is not None else recorded.get(k) for k in _RECORDED}
+    if settings["data_dir"] is None:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} records no data settings; pass data.data_dir=<folder> "
+            "data.split=all (plus data.image_size=<training size> if it was not 224)."
+        )
+    classes = {**recorded.get("classes", {})}
+    classes.update({k: v for k, v in (given.get("classes") or {}).items() if v is not None})
+    mode = "all" if subset == "all" else given.get("split_mode") or recorded.get("split")
+    settings.update(
+        classes=classes or None,
+        split=mode,
+        num_workers=given.get("num_workers"),
+        on_bad_image=given.get("on_bad_image"),
+        cache_dir=given.get("cache_dir"),
+    )
+    # Left out, a setting takes CrackDataModule's default.
+    return {k: v for k, v in settings.items() if v is not None}
+
+
+class _Collector(EpochOutputs):
+    """Keeps the (index, probability, label) of every sample of the last test epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def on_outputs(self, trainer, pl_module, stage, idx, probs, labels) -> None:
+        """Remember this epoch's outputs."""
+        self.outputs = (idx, probs, labels)
+
+
+class _Predictor:
+    """One model and trainer, run over any split of any data module."""
+
+    def __init__(self, cfg: DictConfig, ckpt_path: str):
+        self.collector = _Collector()
+        self.trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[self.collector])
+        # The checkpoint holds every weight: no ImageNet download.
+        self.model = CrackClassifier.load_from_checkpoint(
+            ckpt_path, weights=None, map_location="cpu"
+        )
+
+    def __call__(self, datamodule: CrackDataModule, split: str) -> Predictions:
+        """p(crack) of every image of `split`, through the model's own test step."""
+        loader = datamodule.test_dataloader() if split != "val" else datamodule.val_dataloader()
+        logged = self.trainer.test(self.model, dataloaders=loader, verbose=False)[0]
+        idx, probs, labels = self.collector.outputs
+        paths = datamodule.datasets["val" if split == "val" else "test"].paths
+        return {
+            "path": [paths[i] for i in idx.tolist()],
+            "label": labels.long(),
+            "prob_crack": probs,
+            "loss": float(logged["test/loss"]),
+        }
+
+
+def split_metrics(
+    predictions: Predictions, prefix: str, threshold: float
+) -> dict[str, float | int | None]:
+    """Metrics at `threshold` and threshold-free ones, named `<prefix>/<metric>`."""
+    probs, labels = predictions["prob_crack"], predictions["label"]
+    metrics: dict[str, Any] = dict(threshold_metrics(probs, labels, threshold))
+    both_classes = labels.unique().numel() == 2  # ranking metrics need both classes
+    metrics["auroc"] = float(binary_auroc(probs, labels)) if both_classes else None
+    metrics["average_precision"] = (
+        float(binary_average_precision(probs, labels)) if both_classes else None
+    )
+    metrics["samples"] = len(labels)
+    if "loss" in predictions:
+        metrics["loss"] = predictions["loss"]
+    return _prefixed(metrics, prefix)
+
+
+def _prefixed(metrics: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    return {f"{prefix}/{k}": v for k, v in metrics.items()}
+
+
+def check_eval_dir(output_dir: Path) -> None:
+    """Refuse to write into a directory that already holds an evaluation."""
+    if (output_dir / "metrics.json").exists():
+        raise ConfigError(
+            f"{output_dir} already holds results (metrics.json); they are never overwritten. "
+            "Leave hydra.run.dir unset for a fresh directory."
+        )
+
+
+class _Evaluation:
+    """The data, predictions and operating point of one `eval.py` run."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        if not cfg.ckpt_path or not Path(cfg.ckpt_path).expanduser().is_file():
+            problem = f"ckpt_path={cfg.ckpt_path} does not exist" if cfg.ckpt_path else (
+                "ckpt_path is not set")
+            raise ConfigError(
+                f"{problem}; give a checkpoint such as "
+                "ckpt_path=outputs/train/<run>/checkpoints/best.ckpt."
+            )
+        self.ckpt_path = str(Path(cfg.ckpt_path).expanduser().resolve())
+        self.target_recall = check_target_recall(cfg.eval.target_recall)
+        self.recorded = recorded_data_settings(self.ckpt_path)
+        self.settings = data_settings(cfg.data, self.recorded, self.ckpt_path)
+        self.output_dir = Path(cfg.paths.output_dir)
+        self.datamodule = CrackDataModule(**self.settings, output_dir=str(self.output_dir))
+        self.datamodule.setup()
+        self.split = cfg.data.split or ("test" if self.datamodule.has_split("test") else "val")
+        if self.split != "all" and not self.datamodule.has_split(self.split):
+            raise DataError(
+                f"The training run's split (data.split_mode={self.settings.get('split')}) has no "
+                f"{self.split} images; evaluate data.split=val, or data.split=all for every image."
+            )
+        recorded_dir, data_dir = self.recorded.get("data_dir"), self.settings["data_dir"]
+        if self.split != "all" and recorded_dir and Path(recorded_dir) != Path(data_dir):
+            log.warning("Rebuilding the training run's %s split on %s, not on the folder it was "
+                        "trained on (%s); use data.split=all for a different data set.",
+                        self.split, data_dir, recorded_dir)
+        self.predict = _Predictor(cfg, self.ckpt_path)
+        self.predictions = self.predict(self.datamodule, self.split)
+        self._val: Predictions | None = None
+
+    def validation_predictions(self, reason: str) -> Predictions | None:
+        """Predictions on the training run's validation split, or None when it cannot be rebuilt."""
+        if self.split == "val":
+            return self.predictions
+        if self._val is not None:
+            return self._val
+        datamodule = self.datamodule
+        if self.split == "all":
+            # The evaluated folder is other data: the validation split is the training run's own.
+            given = OmegaConf.masked_copy(self.cfg.data, ["num_workers", "batch_size", "cache_dir",
+                                                          "on_bad_image"])
+            try:
+                datamodule = CrackDataModule(**data_settings(given, self.recorded, self.ckpt_path))
+                datamodule.setup()
+            except (DataError, ConfigError) as exc:
+                log.warning("Cannot rebuild the training run's validation split for %s: %s",
+                            reason, exc)
+                return None
+        if not datamodule.has_split("val"):
+            log.warning("The training run's split has no validation images for %s.", reason)
+            return None
+        log.info("Predicting the validation split for %s.", reason)
+        self._val = self.predict(datamodule, "val")
+        return self._val
+
+    def operating_point(self) -> dict[str, Any] | None:
+        """The threshold to report next to 0.5: given, stored in the checkpoint, or chosen here."""
+        if self.cfg.eval.threshold is not None:
+            threshold = float(self.cfg.eval.threshold)
+            if not 0 <= threshold <= 1:
+                raise ConfigError(f"eval.threshold={threshold} must lie in [0, 1].")
+            return {"threshold": threshold, "target_recall": None, "source": "eval.threshold"}
+        stored = stored_operating_point(self.ckpt_path)
+        if stored and math.isclose(stored["target_recall"], self.target_recall):
+            return {**stored, "source": "checkpoint (chosen on the validation split in training)"}
+        val = self.validation_predictions(f"a threshold at recall {self.target_recall}")
+        if val is None or not bool((val["label"] == 1).any()):
+            log.warning("No operating point: metrics are reported at %s only. Set "
+                        "eval.threshold=<t> to report another threshold.", DEFAULT_THRESHOLD)
+            return None
+        threshold = threshold_for_recall(val["prob_crack"], val["label"], self.target_recall)
+        return {"threshold": threshold, "target_recall": self.target_recall,
+                "source": "validation split"}
+
+    def calibration(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """ECE (and with temperature scaling, the fitted T and ECE after it); curves to plot."""
+        bins = int(self.cfg.eval.calibration_bins)
+        probs, labels = self.predictions["prob_crack"], self.predictions["label"]
+        result: dict[str, Any] = {
+            "bins": bins, f"{self.split}/ece": expected_calibration_error(probs, labels, bins)
+        }
+        curves = {"model": probs}
+        if not self.cfg.eval.temperature_scaling:
+            return result, curves
+        val = self.validation_predictions("temperature scaling")
+        if val is None:
+            raise ConfigError("eval.temperature_scaling=true needs the training run's validation "
+                              "split (see the warning above); set it to false.")
+        if self.split == "val":
+            log.warning("eval.temperature_scaling: the temperature is fitted on the validation "
+                        "split it is judged on, so val/ece_scaled is optimistic; judge it on "
+                        "data.split=test.")
+        temperature = fit_temperature(val["prob_crack"], val["label"])
+        scaled = apply_temperature(probs, temperature)
+        result.update({
+            "temperature": temperature,
+            f"{self.split}/ece_scaled": expected_calibration_error(scaled, labels, bins),
+            "val/ece": expected_calibration_error(val["prob_crack"], val["label"], bins),
+            "val/ece_scaled": expected_calibration_error(
+                apply_temperature(val["prob_crack"], temperature), val["label"], bins),
+        })
+        curves[f"temperature {temperature:.3g}"] = scaled
+        return result, curves
+
+
+def _save_figure(fig: Figure, path: Path, tensorboard: Any, tag: str) -> None:
+    """Write a figure as PNG and the same image to TensorBoard (drawn once), then free it."""
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    with Image.open(path) as image:
+        tensorboard.add_image(tag, np.asarray(image.convert("RGB")), dataformats="HWC")
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate `cfg.ckpt_path`: metrics.json, predictions.csv, figures and TensorBoard scalars."""
+    output_dir = Path(cfg.paths.output_dir)
+    check_eval_dir(output_dir)
+    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
+    if devices not in (1, "1") or nodes != 1:
+        raise ConfigError(
+            f"eval.py runs in one process, but trainer.devices={devices} "
+            f"trainer.num_nodes={nodes}: use trainer.devices=1 trainer.num_nodes=1."
+        )
+    run = _Evaluation(cfg)
+    split, predictions = run.split, run.predictions
+    probs, labels = predictions["prob_crack"], predictions["label"]
+    point = run.operating_point()
+    if point:
+        point["metrics"] = _prefixed(threshold_metrics(probs, labels, point["threshold"]), split)
+    calibration, curves = run.calibration()
+
+    results: dict[str, Any] = {
+        "ckpt_path": run.ckpt_path,
+        "split": split,
+        "data": {("split_mode" if k == "split" else k): v for k, v in run.settings.items()},
+        "samples": len(labels),
+        "metrics": split_metrics(predictions, split, DEFAULT_THRESHOLD),
+        "operating_point": point,
+        "calibration": calibration,
+        "output_dir": str(output_dir),
+    }
+    write_csv(
+        output_dir / "predictions.csv",
+        PREDICTION_COLUMNS,
+        zip(predictions["path"], labels.tolist(), (f"{p:.6f}" for p in probs.tolist()),
+            decisions(probs, DEFAULT_THRESHOLD).tolist(), strict=True),
+    )
+    write_json(output_dir / "metrics.json", results)
+    _write_figures_and_scalars(results, probs, labels, curves, output_dir)
+    _log_summary(results)
+    return results
+
+
+def _write_figures_and_scalars(
+    results: dict[str, Any], probs: torch.Tensor, labels: torch.Tensor,
+    curves: dict[str, torch.Tensor], output_dir: Path,
+) -> None:
+    split, point = results["split"], results["operating_point"]
+    logger = TensorBoardLogger(save_dir=output_dir, name="tensorboard", version="",
+                               default_hp_metric=False)
+    writer = logger.experiment
+    scalars = {k: v for k, v in results["metrics"].items() if v is not None}
+    points = {"default": DEFAULT_THRESHOLD}
+    if point:
+        points["operating point"] = point["threshold"]
+        scalars.update({k.replace("/", "/op_", 1): v for k, v in point["metrics"].items()
+                        if v is not None})
+        m = point["metrics"]
+        counts = [[m[f"{split}/tn"], m[f"{split}/fp"]], [m[f"{split}/fn"], m[f"{split}/tp"]]]
+        title = f"{split}: {len(labels)} images, threshold {point['threshold']:.4g}"
+        _save_figure(confusion_matrix_figure(counts, CLASS_NAMES, title),
+                     output_dir / "confusion_matrix_operating_point.png", writer,
+                     f"{split}/confusion_matrix_op")
+    scalars.update({k: v for k, v in results["calibration"].items() if k != "bins"})
+    m = results["metrics"]
+    counts = [[m[f"{split}/tn"], m[f"{split}/fp"]], [m[f"{split}/fn"], m[f"{split}/tp"]]]
+    _save_figure(confusion_matrix_figure(counts, CLASS_NAMES, f"{split}: {len(labels)} images, "
+                                         f"threshold {DEFAULT_THRESHOLD}"),
+                 output_dir / "confusion_matrix.png", writer, f"{split}/confusion_matrix")
+    _save_figure(reliability_figure(curves, labels, results["calibration"]["bins"],
+                                    title=f"{split}: reliability"),
+                 output_dir / "reliability.png", writer, f"{split}/reliability")
+    if labels.unique().numel() == 2:
+        _save_figure(pr_curve_figure(probs, labels, points, title=f"{split}: precision-recall"),
+                     output_dir / "pr_curve.png", writer, f"{split}/pr_curve")
+        _save_figure(roc_curve_figure(probs, labels, points, title=f"{split}: ROC"),
+                     output_dir / "roc_curve.png", writer, f"{split}/roc_curve")
+        writer.add_pr_curve(f"{split}/pr", labels, probs)
+    logger.log_metrics(scalars)
+    logger.finalize("success")
+
+
+def _log_summary(results: dict[str, Any]) -> None:
+    split = results["split"]
+    sections = [("t=0.5", results["metrics"])]
+    if results["operating_point"]:
+        sections.append((f"t={results['operating_point']['threshold']:.4g}",
+                         results["operating_point"]["metrics"]))
+    for name, m in sections:
+        log.info("%s %s: acc %.4f  precision %.4f  recall %.4f  specificity %.4f  "
+                 "missed cracks %d  false alarms %d", split, name, m[f"{split}/acc"],
+                 m[f"{split}/precision"], m[f"{split}/recall"], m[f"{split}/specificity"],
+                 m[f"{split}/fn"], m[f"{split}/fp"])
+    log.info("Results in %s", results["output_dir"])

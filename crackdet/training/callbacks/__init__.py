@@ -1,0 +1,14 @@
+"""Lightning callbacks: prediction files, evaluation figures, the operating point, resuming."""
+
+from crackdet.training.callbacks.figures import EvaluationFigures
+from crackdet.training.callbacks.operating_point import OperatingPoint
+from crackdet.training.callbacks.predictions import PredictionsWriter
+from crackdet.training.callbacks.resume import InterruptCheckpoint, ResumeState
+
+__all__ = [
+    "EvaluationFigures",
+    "InterruptCheckpoint",
+    "OperatingPoint",
+    "PredictionsWriter",
+    "ResumeState",
+]

@@ -1,0 +1,240 @@
+"""Sweeps and scale-out: multiruns and their summary, DDP processes, Optuna, submitit/SLURM."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from crackdet.cli.config import optuna_sampler_seed
+from crackdet.cli.ddp_jobs import LAUNCHER_ENV, DistributedJobs
+from crackdet.cli.sweeps import check_optuna_storage, ranked
+from crackdet.data.synthetic import make_synthetic_dataset
+from crackdet.errors import ConfigError
+from tests.conftest import TINY, compose_cfg, run_entry
+
+OPTUNA_DB_BROKEN = (
+    int(version("optuna").split(".")[0]) < 3 and int(version("sqlalchemy").split(".")[0]) >= 2
+)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def multirun(tmp_path: Path, cache: Path, *overrides: str, multirun_flag: bool = True):
+    """Run `python train.py -m` on tiny data, everything written below tmp_path."""
+    sweep_dir = tmp_path / "sweep"
+    result = run_entry(
+        "train.py",
+        *(["-m"] if multirun_flag else []),
+        *TINY,
+        f"paths.cache_dir={cache}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *overrides,
+    )
+    return result, sweep_dir
+
+
+def job_metrics(job_dir: Path) -> dict:
+    return json.loads((job_dir / "metrics.json").read_text())
+
+
+def hparams_of(run_dir: Path) -> dict[str, object]:
+    """The hyperparameters TensorBoard's HParams view shows for a run."""
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"))  # every event file of the run
+    accumulator.Reload()
+    content = accumulator.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    return {k: v.number_value or v.string_value for k, v in info.hparams.items()}
+
+
+@pytest.mark.slow
+def test_learning_rate_multirun_writes_a_job_dir_each_and_a_ranked_summary(
+    tmp_path, synthetic_cache
+) -> None:
+    # Through the submitit launcher's local variant: the path a SLURM sweep takes, on this machine
+    # (the failing-job and Optuna tests below use Hydra's default launcher).
+    result, sweep = multirun(
+        tmp_path, synthetic_cache, "launcher=submitit_local", "model.optimizer.lr=1e-3,1e-2"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Submitit 'local' sweep output dir" in result.stdout + result.stderr
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [".submitit", "0", "1"]
+    rows = read_csv(sweep / "summary.csv")
+    assert len(rows) == 2
+    by_lr = {}
+    for row in rows:
+        lr = next(o for o in row["overrides"].split() if o.startswith("model.optimizer.lr="))
+        by_lr[lr] = row
+        metrics = job_metrics(Path(row["output_dir"]))
+        assert row["status"] == "ok" and row["optimized_metric"] == "val/acc_best"
+        assert float(row["value"]) == pytest.approx(metrics["fit"]["val/acc_best"])
+        assert float(row["test/acc"]) == pytest.approx(metrics["test"]["test/acc"])
+    assert set(by_lr) == {"model.optimizer.lr=0.001", "model.optimizer.lr=0.01"}
+    values = [float(r["value"]) for r in rows]
+    assert values == sorted(values, reverse=True)
+    assert "summary.csv" in result.stdout  # the table printed at the end of the sweep
+    # TensorBoard's HParams view tells the jobs apart by their learning rate.
+    assert {hparams_of(sweep / job)["model/optimizer/lr"] for job in ("0", "1")} == {1e-3, 1e-2}
+
+
+@pytest.mark.slow
+def test_failed_job_is_listed_and_the_other_jobs_still_run(tmp_path, synthetic_cache) -> None:
+    result, sweep = multirun(tmp_path, synthetic_cache, "model.optimizer.lr=-1,1e-2")
+    assert result.returncode != 0  # the sweep reports the failure...
+    rows = read_csv(sweep / "summary.csv")
+    assert [(r["job"], r["status"]) for r in rows] == [("1", "ok"), ("0", "failed")]
+    error = rows[1]["error"]
+    assert "Error: " in error and "-1" in error and "\n" not in error  # the error's first line
+    assert rows[1]["value"] == ""
+    assert float(rows[0]["value"]) == job_metrics(sweep / "1")["fit"]["val/acc_best"]
+    assert f"job 0 failed: {error}" in result.stdout
+
+
+@pytest.mark.slow
+def test_ddp_cpu_inside_a_multirun_counts_every_sample_once_and_writes_once(tmp_path) -> None:
+    # 20 + 13 images: a val and a test split of 5, which 2 processes cannot share evenly.
+    folder = make_synthetic_dataset(tmp_path / "images", n_per_class=20, size=48)
+    for path in sorted((folder / "Positive").iterdir())[:7]:
+        path.unlink()
+    data = [f"data.data_dir={folder}", "data.synthetic=null"]
+    cfg = compose_cfg(tmp_path / "compose", [*TINY, f"paths.cache_dir={tmp_path / 'cache'}", *data])
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    n_val, n_test = len(datamodule.splits["val"]), len(datamodule.splits["test"])
+    assert n_val % 2 == 1 and n_test % 2 == 1
+
+    result, sweep = multirun(tmp_path, tmp_path / "cache", "trainer=ddp_cpu", *data)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = job_metrics(sweep / "0")
+    assert metrics["fit"]["val/samples"] == n_val
+    assert metrics["test"]["test/samples"] == n_test
+    predictions = read_csv(sweep / "0" / "predictions_test.csv")
+    assert len({row["path"] for row in predictions}) == len(predictions) == n_test
+    # One set of outputs: the child process reused the job's directory and wrote nothing itself.
+    assert not (tmp_path / "logs").exists()  # no run directory of a child process
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "multirun.yaml", "summary.csv"]
+    for name in ("metrics.json", "predictions_val.csv", "predictions_test.csv", ".hydra"):
+        assert len(list(tmp_path.rglob(name))) == 1, name
+    assert len(list((sweep / "0" / "checkpoints").iterdir())) == 2  # best.ckpt, last.ckpt
+    assert "[rank: 1]" not in result.stdout + result.stderr  # rank 1 logs warnings only
+
+
+def test_each_job_of_a_sweep_can_start_ddp_processes_again(monkeypatch) -> None:
+    from lightning.fabric.strategies.launchers import subprocess_script
+
+    for name in LAUNCHER_ENV:
+        monkeypatch.delenv(name, raising=False)
+    lightning_command = subprocess_script._hydra_subprocess_cmd
+    callback = DistributedJobs()
+    callback.on_job_start(config=OmegaConf.create(), task_function=multirun)
+    assert subprocess_script._hydra_subprocess_cmd is not lightning_command
+    # What Lightning's launcher leaves in the launching process of a DDP job:
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    callback.on_job_end(config=OmegaConf.create(), job_return=None)
+    # Else the next job would believe its processes were started for it, and wait for them.
+    assert not any(name in os.environ for name in LAUNCHER_ENV)
+    assert subprocess_script._hydra_subprocess_cmd is lightning_command
+
+
+@pytest.mark.slow
+def test_optuna_search_reports_its_best_trial(tmp_path, synthetic_cache) -> None:
+    result, sweep = multirun(
+        tmp_path, synthetic_cache, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+        multirun_flag=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    trials = [job_metrics(sweep / job)["fit"]["val/acc_best"] for job in ("0", "1")]
+    assert best["best_value"] == pytest.approx(max(trials))
+    assert set(best["best_params"]) == {
+        "model.optimizer.lr", "model.optimizer.weight_decay", "model.dropout", "data/augmentation",
+    }
+    assert len(read_csv(sweep / "summary.csv")) == 2
+
+
+@pytest.mark.skipif(not OPTUNA_DB_BROKEN, reason="the installed optuna can use SQLite storage")
+def test_optuna_storage_that_cannot_work_is_refused_with_the_fix() -> None:
+    with pytest.raises(ConfigError, match=r"pip install 'sqlalchemy>=1.4,<2'"):
+        check_optuna_storage("sqlite:///outputs/optuna.db")
+
+
+@pytest.mark.skipif(OPTUNA_DB_BROKEN, reason="optuna 2.x storage needs sqlalchemy<2")
+def test_continued_optuna_study_draws_new_trials(tmp_path) -> None:
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert optuna_sampler_seed(42, storage, "crackdet") == 42
+    study = optuna.create_study(study_name="crackdet", storage=storage)
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
+    assert optuna_sampler_seed(42, storage, "crackdet") == 45
+    assert optuna_sampler_seed(42, None, "crackdet") == 42
+
+
+def test_sweep_summary_ranks_best_first_and_failed_jobs_last() -> None:
+    rows = [
+        {"job": 0, "value": None},
+        {"job": 1, "value": 0.7},
+        {"job": 2, "value": 0.9},
+        {"job": 3, "value": 0.7},
+    ]
+    assert [r["job"] for r in ranked(rows, maximize=True)] == [2, 1, 3, 0]
+    assert [r["job"] for r in ranked(rows, maximize=False)] == [1, 3, 2, 0]
+
+
+def test_slurm_launcher_config_asks_for_the_trainers_nodes_and_gpus(tmp_path, monkeypatch) -> None:
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    cfg = compose_cfg(tmp_path / "run", [
+        "launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
+        "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ])
+    launcher = instantiate(cfg.hydra.launcher)
+    assert type(launcher).__name__ == "SlurmLauncher"
+    # The sbatch script submitit would submit (a stand-in srun: there is no SLURM here).
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\n")
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
+    shared = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{
+        k if k in shared else f"slurm_{k}": v
+        for k, v in launcher.params.items() if k not in ("submitit_folder", "max_num_timeout")
+    })
+    sbatch = executor._executor._make_submission_file_text("python train.py", "uid")
+    for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu",
+                 "--time=90"):
+        assert f"#SBATCH {line}\n" in sbatch
+
+
+def test_a_diverged_job_never_ranks_first() -> None:
+    jobs = [{"job": 0, "value": float("nan")}, {"job": 1, "value": 0.7}, {"job": 2, "value": None},
+            {"job": 3, "value": 0.9}]
+    assert [r["job"] for r in ranked(jobs)] == [3, 1, 0, 2]
+    assert [r["job"] for r in ranked(jobs, maximize=False)] == [1, 3, 0, 2]
+
+
+@pytest.mark.parametrize("metric,maximize", [("val/acc_best", True), ("val/loss", False),
+                                             ("test/ece", False), ("val/auroc", True)])
+def test_summary_ranks_losses_lowest_first(metric: str, maximize: bool) -> None:
+    from crackdet.cli.sweeps import SweepSummary
+
+    assert SweepSummary("auto")._maximized(OmegaConf.create({"optimized_metric": metric})) is maximize
+    assert SweepSummary("maximize")._maximized(OmegaConf.create({"optimized_metric": metric}))

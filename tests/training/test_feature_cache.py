@@ -1,0 +1,252 @@
+"""The feature cache (same results as running the backbone, reuse, invalidation, damage, locking),
+the backbone runtimes, and the throughput benchmark run end to end."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from hydra.utils import instantiate
+
+import crackdet.training.feature_cache as features
+from crackdet.data.datamodule import CrackDataModule
+from crackdet.data.synthetic import synthetic_image
+from crackdet.errors import ConfigError
+from crackdet.models.backbone import build_backbone
+from crackdet.models.lightning_model import CrackClassifier
+from crackdet.models.runtime import build_feature_extractor
+from crackdet.training.callbacks.predictions import read_predictions
+from crackdet.training.feature_cache import cached_features, usage_problem
+from crackdet.training.train import train
+from tests.conftest import run_entry
+
+
+@pytest.fixture
+def extractions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records every call of the extraction function (its number of images)."""
+    calls: list[int] = []
+    real = features.extract_features
+
+    def counting(datamodule, extract, records, *args, **kwargs):
+        calls.append(len(records))
+        return real(datamodule, extract, records, *args, **kwargs)
+
+    monkeypatch.setattr(features, "extract_features", counting)
+    return calls
+
+
+def folder_datamodule(folder: Path, cache: Path, image_size: int = 48) -> CrackDataModule:
+    """A set-up data module over every image of `folder` (all in the test split, in scan order)."""
+    datamodule = CrackDataModule(str(folder), image_size=image_size, batch_size=4, num_workers=0,
+                                 split="all", cache_dir=str(cache))
+    datamodule.setup()
+    return datamodule
+
+
+def head_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The trained head's tensors in a run's last checkpoint."""
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith("net.head.")}
+
+
+@pytest.mark.slow
+def test_cached_features_train_like_the_backbone_and_are_reused(
+    tiny_cfg, tmp_path: Path, synthetic_cache: Path, extractions: list[int], caplog
+):
+    caplog.set_level(logging.INFO, logger="crackdet.training.feature_cache")
+    # Two epochs with dropout: the shuffle order and the random stream must match across epochs;
+    # a worker process in the image run must not change either.
+    common = (
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"data.data_dir={synthetic_cache / 'synthetic' / 'n20_s48_seed0'}",
+        "trainer.max_epochs=2",
+        "model.dropout=0.3",
+        "data.num_workers=1",
+    )
+    runs = {
+        name: train(tiny_cfg(*common, *extra, run_dir=tmp_path / name))
+        for name, extra in (("images", ["data.feature_cache=off"]), ("extracted", []))
+    }
+    assert extractions == [40]
+    assert "Feature cache not used: data.feature_cache=off" in caplog.text
+    runs["reused"] = train(tiny_cfg(*common, run_dir=tmp_path / "reused"))
+    assert extractions == [40], "the second cached run extracted again"
+    assert "Loaded features of 40 images" in caplog.text
+
+    reference = runs["images"]
+    for name in ("extracted", "reused"):
+        for stage in ("fit", "validate", "test"):
+            assert runs[name][stage] == pytest.approx(reference[stage], abs=1e-5), (name, stage)
+        torch.testing.assert_close(head_weights(tmp_path / name), head_weights(tmp_path / "images"),
+                                   atol=1e-5, rtol=0)
+        # Callbacks still find the images: predictions name the same files.
+        cached = read_predictions(tmp_path / name / "predictions_test.csv")
+        uncached = read_predictions(tmp_path / "images" / "predictions_test.csv")
+        assert cached["path"] == uncached["path"]
+        torch.testing.assert_close(cached["prob_crack"], uncached["prob_crack"], atol=1e-5, rtol=0)
+
+
+def test_cache_is_rebuilt_when_weights_image_size_or_files_change(
+    image_folder, tmp_path: Path, extractions: list[int]
+):
+    folder, cache = image_folder(n_per_class=2, size=48), tmp_path / "cache"
+    weights = []
+    for name in ("a", "b"):
+        weights.append(tmp_path / f"{name}.pt")
+        torch.save(torchvision.models.resnet18().state_dict(), weights[-1])
+    backbone = build_backbone(str(weights[0]))
+
+    first = cached_features(folder_datamodule(folder, cache), backbone)
+    assert torch.equal(cached_features(folder_datamodule(folder, cache), backbone), first)
+    assert len(extractions) == 1
+    # The cached rows are the backbone's features of the images, in scan order.
+    datamodule = folder_datamodule(folder, cache)
+    with torch.no_grad():
+        expected = backbone.eval()(datamodule.datasets["test"][2][0][None])
+    torch.testing.assert_close(first[2:3], expected, atol=1e-4, rtol=0)
+
+    cached_features(folder_datamodule(folder, cache), build_backbone(str(weights[1])))
+    assert len(extractions) == 2, "other weights reused the first weights' features"
+    cached_features(folder_datamodule(folder, cache, image_size=64), backbone)
+    assert len(extractions) == 3, "another image size reused the 48 px features"
+    changed = sorted((folder / "Positive").iterdir())[0]
+    synthetic_image(seed=999, size=48, crack=True).save(changed)
+    cached_features(folder_datamodule(folder, cache), backbone)
+    assert len(extractions) == 4, f"features of the old {changed.name} were reused"
+    # Random initialisations are told apart by their values, not by a name.
+    torch.manual_seed(1)
+    cached_features(folder_datamodule(folder, cache), build_backbone(None))
+    torch.manual_seed(2)
+    cached_features(folder_datamodule(folder, cache), build_backbone(None))
+    assert len(extractions) == 6
+
+
+def test_damaged_cache_file_is_rebuilt_with_a_warning(
+    image_folder, tmp_path: Path, extractions: list[int], caplog
+):
+    folder, cache = image_folder(n_per_class=2, size=48), tmp_path / "cache"
+    backbone = build_backbone(None)
+    first = cached_features(folder_datamodule(folder, cache), backbone)
+    (path,) = (cache / "features").glob("*.pt")
+    intact = path.read_bytes()
+    # Inside the stored tensor, where no check of the file format would notice it.
+    offset = intact.find(first[0].numpy().tobytes()[:64])
+    assert offset > 0
+    flipped = bytearray(intact)
+    flipped[offset + 8] ^= 0xFF
+    for damaged in (intact[: len(intact) // 2], bytes(flipped)):
+        path.write_bytes(damaged)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="crackdet.training.feature_cache"):
+            again = cached_features(folder_datamodule(folder, cache), backbone)
+        assert f"Feature cache {path} is damaged" in caplog.text
+        torch.testing.assert_close(again, first, atol=1e-5, rtol=0)
+    assert len(extractions) == 3
+    cached_features(folder_datamodule(folder, cache), backbone)
+    assert len(extractions) == 3, "the rebuilt file was not reused"
+
+
+def test_concurrent_jobs_extract_once_and_share_the_file(
+    image_folder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    folder, cache = image_folder(n_per_class=3, size=48), tmp_path / "cache"
+    backbone = build_backbone(None)
+    datamodules = [folder_datamodule(folder, cache) for _ in range(2)]
+    calls = []
+    real = features.extract_features
+
+    def slow(*args, **kwargs):
+        calls.append(1)
+        time.sleep(1.0)  # long enough for the other job to arrive while this one extracts
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(features, "extract_features", slow)
+    # flock locks belong to open files, so two threads contend exactly like two processes.
+    with ThreadPoolExecutor(2) as pool:
+        jobs = [pool.submit(cached_features, dm, backbone) for dm in datamodules]
+        results = [job.result() for job in jobs]
+    assert len(calls) == 1
+    assert torch.equal(results[0], results[1])
+    assert sorted(p.suffix for p in (cache / "features").iterdir()) == [".lock", ".pt"]
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        ("data.feature_cache=off", "data.feature_cache=off"),
+        ("data/augmentation=flip", "data.augmentation=flip"),
+        ("model.bn_mode=train", "model.bn_mode=train"),
+        ("model.freeze_backbone=false", "model.freeze_backbone=false"),
+    ],
+)
+def test_cache_is_not_used_when_features_could_change(tiny_cfg, override: str, reason: str):
+    assert usage_problem(instantiate(tiny_cfg().data), instantiate(tiny_cfg().model)) is None
+    cfg = tiny_cfg(override)
+    assert reason in usage_problem(instantiate(cfg.data), instantiate(cfg.model))
+
+
+def test_unknown_feature_cache_mode_or_runtime_is_refused(tmp_path: Path):
+    with pytest.raises(ConfigError, match="data.feature_cache=sometimes"):
+        CrackDataModule(str(tmp_path), feature_cache="sometimes")
+    with pytest.raises(ConfigError, match="model.backbone_runtime=tensorrt"):
+        CrackClassifier(weights=None, backbone_runtime="tensorrt")
+
+
+@pytest.fixture(scope="module")
+def tiny_batch() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A random-init backbone, two 64 px images, and their eager features."""
+    torch.manual_seed(0)
+    backbone, images = build_backbone(None), torch.randn(2, 3, 64, 64)
+    return backbone, images, build_feature_extractor(backbone, "eager", images)(images)
+
+
+def test_onnxruntime_features_match_eager(tiny_batch):
+    backbone, images, eager = tiny_batch
+    extract = build_feature_extractor(backbone, "onnxruntime", images)
+    torch.testing.assert_close(extract(images), eager, atol=1e-4, rtol=0)
+    # The batch dimension is dynamic: a short last batch works too.
+    torch.testing.assert_close(extract(images[:1]), eager[:1], atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_compiled_features_match_eager(tiny_batch):
+    backbone, images, eager = tiny_batch
+    extract = build_feature_extractor(backbone, "compile", images)
+    torch.testing.assert_close(extract(images), eager, atol=1e-4, rtol=0)
+    torch.testing.assert_close(extract(images[:1]), eager[:1], atol=1e-4, rtol=0)
+
+
+def test_compile_without_a_cpp_compiler_fails_clearly(tiny_batch, monkeypatch):
+    from torch._inductor import cpp_builder
+
+    def missing() -> str:
+        raise RuntimeError("no working C++ compiler found")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
+    backbone, images, _ = tiny_batch
+    with pytest.raises(ConfigError, match=r"backbone_runtime=compile needs a C\+\+ compiler"):
+        build_feature_extractor(backbone, "compile", images)
+
+
+@pytest.mark.slow
+def test_throughput_benchmark_runs_end_to_end(image_folder, tmp_path: Path):
+    folder, output = image_folder(n_per_class=8, size=40), tmp_path / "throughput.json"
+    result = run_entry(
+        "benchmarks/throughput.py", "--data-dir", str(folder), "--images", "16",
+        "--image-size", "32", "--batch-size", "8", "--runtimes", "eager", "--repeats", "1",
+        "--sweep-jobs", "2", "--output", str(output),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert report["recommended_runtime"] == "eager"
+    assert report["cold_extraction"]["images"] == 16
+    assert len(report["sweep"]["job_s"]) == 2
+    assert report["epochs"]["cold_epoch_s"] > 0 and report["epochs"]["warm_epoch_s"] > 0
+    assert report["peak_memory_mb"]["process"] > 0
+    assert "crackdet throughput" in result.stdout
