@@ -58,24 +58,46 @@ TARGETS = {"extraction_vs_ceiling": 0.9, "warm_epoch_speedup": 100.0, "sweep_vs_
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help=f"folder with {'/'.join(CLASS_FOLDERS)}/ (default: {REAL_SAMPLE} "
-                             "when present, else generated images)")
-    parser.add_argument("--images", type=int, default=500,
-                        help="use this many images, half per class (0: all)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"folder with {'/'.join(CLASS_FOLDERS)}/ (default: {REAL_SAMPLE} "
+        "when present, else generated images)",
+    )
+    parser.add_argument(
+        "--images", type=int, default=500, help="use this many images, half per class (0: all)"
+    )
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
-    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES),
-                        help="runtimes whose compute ceiling is measured")
-    parser.add_argument("--runtime", choices=RUNTIMES, default=None,
-                        help="runtime for extraction and training (default: fastest ceiling)")
+    parser.add_argument(
+        "--runtimes",
+        nargs="+",
+        choices=RUNTIMES,
+        default=list(RUNTIMES),
+        help="runtimes whose compute ceiling is measured",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=None,
+        help="runtime for extraction and training (default: fastest ceiling)",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed batches per ceiling")
     parser.add_argument("--sweep-jobs", type=int, default=4)
-    parser.add_argument("--output", type=Path, default=None,
-                        help="JSON file (default: benchmarks/results/throughput-<time>.json)")
-    parser.add_argument("--work-dir", type=Path, default=None,
-                        help="keep data links, caches and runs here (default: a temporary folder)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="JSON file (default: benchmarks/results/throughput-<time>.json)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="keep data links, caches and runs here (default: a temporary folder)",
+    )
     return parser.parse_args(argv)
 
 
@@ -117,8 +139,11 @@ def compute_ceilings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             results[runtime] = {"error": str(exc)}
             continue
         # The median batch: a shared machine's load comes and goes between batches.
-        results[runtime] = {"images_per_s": args.batch_size / statistics.median(seconds),
-                            "batch_seconds": seconds, "prepare_s": prepare_s}
+        results[runtime] = {
+            "images_per_s": args.batch_size / statistics.median(seconds),
+            "batch_seconds": seconds,
+            "prepare_s": prepare_s,
+        }
     return results
 
 
@@ -156,8 +181,10 @@ class Bench:
 
     def cfg(self, run: str, cache: str, *overrides: str):
         """The training config of run `run` using feature cache folder `cache`."""
-        return compose_config(self.work / "runs" / run,
-                           [*self.overrides, f"paths.cache_dir={self.work / cache}", *overrides])
+        return compose_config(
+            self.work / "runs" / run,
+            [*self.overrides, f"paths.cache_dir={self.work / cache}", *overrides],
+        )
 
     def cold_extraction(self, runtime: str) -> dict[str, Any]:
         """Extraction through the cache's DataLoader path, runtime prepared beforehand."""
@@ -169,26 +196,39 @@ class Bench:
         extract, prepare_s = timed(build_feature_extractor, model.backbone, runtime, example)
         records = datamodule.scan.records
         _, seconds = timed(extract_features, datamodule, extract, records)
-        return {"runtime": runtime, "images": len(records), "seconds": seconds,
-                "images_per_s": len(records) / seconds, "prepare_s": prepare_s}
+        return {
+            "runtime": runtime,
+            "images": len(records),
+            "seconds": seconds,
+            "images_per_s": len(records) / seconds,
+            "prepare_s": prepare_s,
+        }
 
     def epoch_seconds(self, run: str, cache: str, epochs: int, *overrides: str) -> list[float]:
         """Epoch times of a bare Trainer fit (no logger, checkpoints or progress bar)."""
         cfg = self.cfg(run, cache, *overrides)
         L.seed_everything(cfg.seed)  # as train() does: the same backbone, so the same cache key
         timer = EpochTimer()
-        trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, num_sanity_val_steps=0,
-                            callbacks=[FeatureCache(), timer])
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            callbacks=[FeatureCache(), timer],
+        )
         trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data))
         return timer.seconds
 
     def training_runs(self, name: str, lrs: list[float]) -> list[float]:
         """Seconds of each full `train()` job (the default callbacks and logger), one cache."""
-        return [timed(train, self.cfg(f"{name}/{i}", f"cache-{name}",
-                                      f"model.optimizer.lr={lr}"))[1]
-                for i, lr in enumerate(lrs)]
+        return [
+            timed(train, self.cfg(f"{name}/{i}", f"cache-{name}", f"model.optimizer.lr={lr}"))[1]
+            for i, lr in enumerate(lrs)
+        ]
 
 
 def peak_memory_mb() -> dict[str, float]:
@@ -205,21 +245,27 @@ def machine() -> dict[str, Any]:
     import onnxruntime
 
     return {
-        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "platform": platform.platform(), "python": platform.python_version(),
-        "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
         "load_average_start": os.getloadavg(),
     }
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """All five measurements; returns the JSON-ready report."""
-    report: dict[str, Any] = {"machine": machine(), "settings": {
-        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
     data_dir = work / "data"
     report["settings"]["images_source"] = prepare_images(
-        args.data_dir, args.images, args.image_size, data_dir)
+        args.data_dir, args.images, args.image_size, data_dir
+    )
 
     ceilings = compute_ceilings(args)
     working = {k: v for k, v in ceilings.items() if "images_per_s" in v}
@@ -232,20 +278,29 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     bench = Bench(args, data_dir, work, runtime)
     extraction = bench.cold_extraction(runtime)
     extraction["ratio_to_fastest_ceiling"] = (
-        extraction["images_per_s"] / working[fastest]["images_per_s"])
+        extraction["images_per_s"] / working[fastest]["images_per_s"]
+    )
     report["cold_extraction"] = extraction
 
     lrs = [1e-3 * 3.0 ** (i - 1) for i in range(args.sweep_jobs)]
     single = bench.training_runs("single", lrs[1:2])
     sweep = bench.training_runs("sweep", lrs)
-    report["sweep"] = {"single_run_s": single[0], "job_s": sweep, "sweep_s": sum(sweep),
-                       "ratio": sum(sweep) / single[0], "learning_rates": lrs}
+    report["sweep"] = {
+        "single_run_s": single[0],
+        "job_s": sweep,
+        "sweep_s": sum(sweep),
+        "ratio": sum(sweep) / single[0],
+        "learning_rates": lrs,
+    }
 
     # The sweep's cache is warm now; the cold epoch runs every image through the backbone.
     warm = bench.epoch_seconds("warm", "cache-sweep", 2)
     cold = bench.epoch_seconds("cold", "cache-cold", 1, "data.feature_cache=off")
-    report["epochs"] = {"cold_epoch_s": cold[0], "warm_epoch_s": min(warm),
-                        "speedup": cold[0] / min(warm)}
+    report["epochs"] = {
+        "cold_epoch_s": cold[0],
+        "warm_epoch_s": min(warm),
+        "speedup": cold[0] / min(warm),
+    }
 
     report["peak_memory_mb"] = peak_memory_mb()
     report["machine"]["load_average_end"] = os.getloadavg()
@@ -260,34 +315,50 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def show(report: dict[str, Any], console: Console) -> None:
     """The report as a rich table."""
-    table = Table(title="crackdet throughput "
-                        f"({report['machine']['cpus']} CPUs, GPU: {report['machine']['gpu']})")
+    table = Table(
+        title="crackdet throughput "
+        f"({report['machine']['cpus']} CPUs, GPU: {report['machine']['gpu']})"
+    )
     table.add_column("measurement")
     table.add_column("value", justify="right")
     table.add_column("target", justify="right")
     for runtime, result in report["ceiling"].items():
-        value = (f"{result['images_per_s']:.1f} images/s (+{result['prepare_s']:.1f} s setup)"
-                 if "images_per_s" in result else f"failed: {result['error'][:60]}")
+        value = (
+            f"{result['images_per_s']:.1f} images/s (+{result['prepare_s']:.1f} s setup)"
+            if "images_per_s" in result
+            else f"failed: {result['error'][:60]}"
+        )
         table.add_row(f"1. ceiling, {runtime}", value, "")
     extraction, epochs, sweep = report["cold_extraction"], report["epochs"], report["sweep"]
     mark = {True: "met", False: "MISSED"}
     targets = report["targets"]
-    table.add_row(f"2. cold extraction, {extraction['runtime']}",
-                  f"{extraction['images_per_s']:.1f} images/s", "")
-    table.add_row("   ratio to fastest ceiling", f"{extraction['ratio_to_fastest_ceiling']:.2f}",
-                  f">= {TARGETS['extraction_vs_ceiling']} "
-                  f"{mark[targets['extraction_vs_ceiling']]}")
-    table.add_row("3. cold / warm epoch",
-                  f"{epochs['cold_epoch_s']:.2f} s / {epochs['warm_epoch_s']:.3f} s "
-                  f"= {epochs['speedup']:.0f}x",
-                  f">= {TARGETS['warm_epoch_speedup']:.0f}x {mark[targets['warm_epoch_speedup']]}")
-    table.add_row(f"4. {len(sweep['job_s'])}-job sweep / single run",
-                  f"{sweep['sweep_s']:.1f} s / {sweep['single_run_s']:.1f} s "
-                  f"= {sweep['ratio']:.2f}x",
-                  f"<= {TARGETS['sweep_vs_single']}x {mark[targets['sweep_vs_single']]}")
+    table.add_row(
+        f"2. cold extraction, {extraction['runtime']}",
+        f"{extraction['images_per_s']:.1f} images/s",
+        "",
+    )
+    table.add_row(
+        "   ratio to fastest ceiling",
+        f"{extraction['ratio_to_fastest_ceiling']:.2f}",
+        f">= {TARGETS['extraction_vs_ceiling']} {mark[targets['extraction_vs_ceiling']]}",
+    )
+    table.add_row(
+        "3. cold / warm epoch",
+        f"{epochs['cold_epoch_s']:.2f} s / {epochs['warm_epoch_s']:.3f} s "
+        f"= {epochs['speedup']:.0f}x",
+        f">= {TARGETS['warm_epoch_speedup']:.0f}x {mark[targets['warm_epoch_speedup']]}",
+    )
+    table.add_row(
+        f"4. {len(sweep['job_s'])}-job sweep / single run",
+        f"{sweep['sweep_s']:.1f} s / {sweep['single_run_s']:.1f} s = {sweep['ratio']:.2f}x",
+        f"<= {TARGETS['sweep_vs_single']}x {mark[targets['sweep_vs_single']]}",
+    )
     memory = report["peak_memory_mb"]
-    table.add_row("5. peak resident memory",
-                  f"{memory['process']:.0f} MB (workers {memory['children']:.0f} MB)", "")
+    table.add_row(
+        "5. peak resident memory",
+        f"{memory['process']:.0f} MB (workers {memory['children']:.0f} MB)",
+        "",
+    )
     table.add_row("recommended runtime", report["recommended_runtime"], "")
     console.print(table)
 
@@ -299,8 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     crackdet_log = logging.getLogger("crackdet")
     crackdet_log.setLevel(logging.INFO)
     crackdet_log.addHandler(RichHandler(show_path=False))
-    output = args.output or (PROJECT_ROOT / "benchmarks" / "results"
-                             / f"throughput-{datetime.now():%Y%m%d-%H%M%S}.json")
+    output = args.output or (
+        PROJECT_ROOT / "benchmarks" / "results" / f"throughput-{datetime.now():%Y%m%d-%H%M%S}.json"
+    )
     if output.exists():
         raise SystemExit(f"{output} exists; choose another --output (results are never replaced).")
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="crackdet-bench-"))

@@ -78,7 +78,9 @@ def image_folder(tmp_path: Path):
     return make
 
 
-def run_entry(script: str, *args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+def run_entry(
+    script: str, *args: str, timeout: float = 600, **kwargs
+) -> subprocess.CompletedProcess:
     """Run an entry point (`train.py`, ...) in a subprocess from the project root."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}
     return subprocess.run(

@@ -58,10 +58,19 @@ def test_quick_start_trains_well_above_chance(tmp_path: Path) -> None:
 def test_reference_run_without_weights_says_how_to_get_them(tmp_path: Path, image_folder) -> None:
     data = image_folder(n_per_class=4, size=32)
     # A proxy on a closed local port: the weights download fails at once, as it does offline.
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9",
-           "HTTPS_PROXY": "http://127.0.0.1:9"}
-    result = run_entry("train.py", "experiment=baseline", f"data.data_dir={data}",
-                       f"paths.log_dir={tmp_path}", env=env)
+    env = {
+        **os.environ,
+        "TORCH_HOME": str(tmp_path / "torch"),
+        "https_proxy": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+    }
+    result = run_entry(
+        "train.py",
+        "experiment=baseline",
+        f"data.data_dir={data}",
+        f"paths.log_dir={tmp_path}",
+        env=env,
+    )
     assert result.returncode == 2
     output = result.stdout + result.stderr
     assert str(tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in output
@@ -74,9 +83,15 @@ def test_reference_run_with_a_local_weights_file(tmp_path: Path, image_folder) -
     data = image_folder(n_per_class=8, size=32)
     weights = tmp_path / "resnet18-f37072fd.pth"
     torch.save(resnet18().state_dict(), weights)
-    result = run_entry("train.py", "experiment=baseline", f"data.data_dir={data}",
-                       f"model.weights={weights}", "data.image_size=32", "data.num_workers=0",
-                       f"paths.log_dir={tmp_path}")
+    result = run_entry(
+        "train.py",
+        "experiment=baseline",
+        f"data.data_dir={data}",
+        f"model.weights={weights}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        f"paths.log_dir={tmp_path}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run = latest_run(tmp_path)
     metrics = json.loads((run / "metrics.json").read_text())

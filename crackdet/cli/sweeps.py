@@ -36,12 +36,26 @@ JOB_FILE = "sweep_job.json"
 SUMMARY_FILE = "summary.csv"
 #: Shown for every job beside its optimized metric, when the job logged them.
 SUMMARY_METRICS = (
-    "val/acc", "val/loss", "val/f1", "val/auroc", "test/acc", "test/loss", "test/f1", "test/auroc",
+    "val/acc",
+    "val/loss",
+    "val/f1",
+    "val/auroc",
+    "test/acc",
+    "test/loss",
+    "test/f1",
+    "test/auroc",
 )
 #: The subset the console table shows (summary.csv has them all).
 TABLE_METRICS = ("val/acc", "val/loss", "test/acc", "test/f1")
 SUMMARY_COLUMNS = (
-    "rank", "job", "status", "overrides", "optimized_metric", "value", *SUMMARY_METRICS, "error",
+    "rank",
+    "job",
+    "status",
+    "overrides",
+    "optimized_metric",
+    "value",
+    *SUMMARY_METRICS,
+    "error",
     "output_dir",
 )
 #: Config sections left out of TensorBoard's HParams view: locations and plumbing, not settings.
@@ -102,6 +116,7 @@ def is_maximized(direction: Any) -> bool:
 def ranked(records: Iterable[Mapping[str, Any]], maximize: bool = True) -> list[dict[str, Any]]:
     """Jobs best first: finished jobs by their value, then jobs without a value, by job number."""
     records = [dict(r) for r in records]
+
     # A diverged job can report NaN: it ranks with the jobs that have no value, not first.
     def finite(r: Mapping[str, Any]) -> bool:
         return r["value"] is not None and math.isfinite(r["value"])
@@ -125,8 +140,14 @@ def write_summary(sweep_dir: Path, maximize: bool = True) -> list[dict[str, Any]
         SUMMARY_COLUMNS,
         (
             [
-                position, r["job"], r["status"], " ".join(r["overrides"]), r["optimized_metric"],
-                r["value"], *(r["metrics"].get(m) for m in SUMMARY_METRICS), r["error"],
+                position,
+                r["job"],
+                r["status"],
+                " ".join(r["overrides"]),
+                r["optimized_metric"],
+                r["value"],
+                *(r["metrics"].get(m) for m in SUMMARY_METRICS),
+                r["error"],
                 r["output_dir"],
             ]
             for position, r in enumerate(rows, start=1)
@@ -154,7 +175,10 @@ def summary_table(rows: list[Mapping[str, Any]], title: str) -> Table:
         status = "ok" if row["status"] == "ok" else "[red]failed[/red]"
         values = [row["value"], *(row["metrics"].get(m) for m in metrics)]
         table.add_row(
-            str(position), str(row["job"]), " ".join(overrides), status,
+            str(position),
+            str(row["job"]),
+            " ".join(overrides),
+            status,
             *("" if v is None else f"{v:.4f}" for v in values),
         )
     return table

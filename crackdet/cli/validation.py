@@ -85,8 +85,12 @@ def _check_data(data: DictConfig) -> None:
     synthetic = data.get("synthetic")
     if synthetic:
         n = synthetic.get("n_per_class")
-        _require(_is_number(n, integer=True) and n >= 1, "data.synthetic.n_per_class", n,
-                 "must be a positive integer, e.g. data.synthetic.n_per_class=200.")
+        _require(
+            _is_number(n, integer=True) and n >= 1,
+            "data.synthetic.n_per_class",
+            n,
+            "must be a positive integer, e.g. data.synthetic.n_per_class=200.",
+        )
     else:
         check_data_dir(data.data_dir, data.classes)
     check_fractions(data.get("fractions", [0.7, 0.15, 0.15]))
@@ -94,26 +98,44 @@ def _check_data(data: DictConfig) -> None:
         values = data.get(key)
         _require(
             isinstance(values, Sequence) and len(values) == 3 and all(map(_is_number, values)),
-            f"data.{key}", values, "must be three numbers, one per RGB channel.",
+            f"data.{key}",
+            values,
+            "must be three numbers, one per RGB channel.",
         )
-    _require(all(s > 0 for s in data.std), "data.std", data.std,
-             "must be above 0 in every channel (images are divided by it).")
+    _require(
+        all(s > 0 for s in data.std),
+        "data.std",
+        data.std,
+        "must be above 0 in every channel (images are divided by it).",
+    )
 
 
 def _check_model(model: DictConfig) -> None:
     resolve_weights(model.get("weights"))
     num_classes = model.get("num_classes", 2)
-    _require(num_classes == 2, "model.num_classes", num_classes,
-             "must be 2: the labels are crack (1) and no crack (0).")
+    _require(
+        num_classes == 2,
+        "model.num_classes",
+        num_classes,
+        "must be 2: the labels are crack (1) and no crack (0).",
+    )
     optimizer = model.get("optimizer") or {}
     lr = optimizer.get("lr")
     if lr is not None:
-        _require(_is_number(lr) and lr > 0, "model.optimizer.lr", lr,
-                 "must be a number above 0, e.g. model.optimizer.lr=1e-3.")
+        _require(
+            _is_number(lr) and lr > 0,
+            "model.optimizer.lr",
+            lr,
+            "must be a number above 0, e.g. model.optimizer.lr=1e-3.",
+        )
     weight_decay = optimizer.get("weight_decay")
     if weight_decay is not None:
-        _require(_is_number(weight_decay) and weight_decay >= 0, "model.optimizer.weight_decay",
-                 weight_decay, "must be a number, 0 or more.")
+        _require(
+            _is_number(weight_decay) and weight_decay >= 0,
+            "model.optimizer.weight_decay",
+            weight_decay,
+            "must be a number, 0 or more.",
+        )
 
 
 def _check_trainer(trainer: DictConfig) -> None:
@@ -121,25 +143,45 @@ def _check_trainer(trainer: DictConfig) -> None:
     max_steps = trainer.get("max_steps")
     if not (max_epochs in (None, -1) and _is_number(max_steps, integer=True) and max_steps > 0):
         # Without a step budget, the epochs are the budget.
-        _require(_is_number(max_epochs, integer=True) and max_epochs >= 1, "trainer.max_epochs",
-                 max_epochs, "must be an integer, 1 or more, e.g. trainer.max_epochs=10.")
+        _require(
+            _is_number(max_epochs, integer=True) and max_epochs >= 1,
+            "trainer.max_epochs",
+            max_epochs,
+            "must be an integer, 1 or more, e.g. trainer.max_epochs=10.",
+        )
     if min_epochs is not None:
-        _require(_is_number(min_epochs, integer=True) and min_epochs >= 0, "trainer.min_epochs",
-                 min_epochs, "must be an integer, 0 or more.")
+        _require(
+            _is_number(min_epochs, integer=True) and min_epochs >= 0,
+            "trainer.min_epochs",
+            min_epochs,
+            "must be an integer, 0 or more.",
+        )
         if _is_number(max_epochs, integer=True) and max_epochs >= 1:
-            _require(min_epochs <= max_epochs, "trainer.min_epochs", min_epochs,
-                     f"must not exceed trainer.max_epochs={max_epochs}.")
+            _require(
+                min_epochs <= max_epochs,
+                "trainer.min_epochs",
+                min_epochs,
+                f"must not exceed trainer.max_epochs={max_epochs}.",
+            )
 
 
 def _check_run(cfg: DictConfig) -> None:
     seed = cfg.get("seed")
-    _require(seed is None or _is_number(seed, integer=True), "seed", seed,
-             "must be an integer, or null for a random seed.")
+    _require(
+        seed is None or _is_number(seed, integer=True),
+        "seed",
+        seed,
+        "must be an integer, or null for a random seed.",
+    )
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None:
-        _require(Path(str(ckpt_path)).expanduser().is_file(), "ckpt_path", ckpt_path,
-                 "is not a file. Give a checkpoint of a training run, e.g. "
-                 "ckpt_path=outputs/train/<run>/checkpoints/last.ckpt, or ckpt_path=null.")
+        _require(
+            Path(str(ckpt_path)).expanduser().is_file(),
+            "ckpt_path",
+            ckpt_path,
+            "is not a file. Give a checkpoint of a training run, e.g. "
+            "ckpt_path=outputs/train/<run>/checkpoints/last.ckpt, or ckpt_path=null.",
+        )
     if not cfg.get("train", True) and cfg.get("test", True) and ckpt_path is None:
         raise ConfigError(
             "train=false tests a trained model, but ckpt_path is not set: give "
@@ -153,8 +195,12 @@ def _check_run(cfg: DictConfig) -> None:
     operating_point = OmegaConf.select(cfg, "callbacks.operating_point")
     if operating_point and "target_recall" in operating_point:
         recall = operating_point.target_recall
-        _require(_is_number(recall), "callbacks.operating_point.target_recall", recall,
-                 "must be a number in (0, 1], e.g. 0.99.")
+        _require(
+            _is_number(recall),
+            "callbacks.operating_point.target_recall",
+            recall,
+            "must be a number in (0, 1], e.g. 0.99.",
+        )
         check_target_recall(
             operating_point.target_recall, "callbacks.operating_point.target_recall"
         )

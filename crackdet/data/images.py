@@ -34,7 +34,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def visible_files(folder: Path) -> list[Path]:
     """Every file below `folder`, except hidden ones and those in hidden folders (.thumbnails/)."""
     return [
-        p for p in folder.rglob("*")
+        p
+        for p in folder.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     ]
 

@@ -72,8 +72,15 @@ def train_transform(
 
 def is_deterministic(augmentation: Mapping[str, Any]) -> bool:
     """True when the preset switches on no random augmentation at all."""
-    keys = ("random_resized_crop_scale", "hflip", "vflip", "rot90", "rotation_degrees",
-            "color_jitter", "blur_sigma")
+    keys = (
+        "random_resized_crop_scale",
+        "hflip",
+        "vflip",
+        "rot90",
+        "rotation_degrees",
+        "color_jitter",
+        "blur_sigma",
+    )
     return not any(augmentation.get(k) for k in keys)
 
 

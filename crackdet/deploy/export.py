@@ -103,8 +103,10 @@ def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path) ->
         warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
         traced = torch.jit.trace(module, example)
     traced.save(str(path))
-    log.info("TorchScript is deprecated upstream (torch.jit warns in torch 2.14); "
-             "prefer format=onnx for new deployments.")
+    log.info(
+        "TorchScript is deprecated upstream (torch.jit warns in torch 2.14); "
+        "prefer format=onnx for new deployments."
+    )
 
 
 class _Batches(CalibrationDataReader):
@@ -129,9 +131,13 @@ def quantize_int8(fp32_path: Path, int8_path: Path, batches: Sequence[np.ndarray
     quant_pre_process(str(fp32_path), str(prepared))
     softmax = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Softmax"]
     quantize_static(
-        str(prepared), str(int8_path), _Batches(batches),
-        quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        str(prepared),
+        str(int8_path),
+        _Batches(batches),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
         nodes_to_exclude=softmax,
     )
     prepared.unlink()
@@ -157,8 +163,11 @@ def _calibration_images(cfg: DictConfig, loaded: LoadedCheckpoint) -> tuple[torc
     if not source:
         source = loaded.data_dir
         if not source or not Path(source).is_dir():
-            where = (f"the checkpoint's training folder {loaded.data_dir} does not exist here"
-                     if source else "the checkpoint records no training folder")
+            where = (
+                f"the checkpoint's training folder {loaded.data_dir} does not exist here"
+                if source
+                else "the checkpoint records no training folder"
+            )
             raise ConfigError(
                 "quantize=int8 calibrates on representative images: set calibration=<folder or "
                 f"glob> (data set crops or photo tiles); {where}."
@@ -215,8 +224,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     fmt, quantize = _check_settings(cfg)
     model_path, sidecar = _targets(cfg, fmt)
     loaded = load_checkpoint(cfg.get("ckpt_path"))
-    threshold, source = resolve_threshold(cfg.get("threshold"), loaded.stored_threshold,
-                                          setting="threshold")
+    threshold, source = resolve_threshold(
+        cfg.get("threshold"), loaded.stored_threshold, setting="threshold"
+    )
     module = ProbabilityModel(loaded).eval()
     size = loaded.image_size
     example, check = torch.rand(2, 3, size, size), torch.rand(3, 3, size, size)
@@ -258,14 +268,22 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         opsets = onnx.load(str(model_path), load_external_data=False).opset_import
         meta["opset"] = next(o.version for o in opsets if o.domain in ("", "ai.onnx"))
     write_json(sidecar, {**meta, **_sidecar(loaded, fmt, quantize, model_path, threshold, source)})
-    log.info("Wrote %s and %s (max |p - p_torch| = %.1e on random inputs).", model_path, sidecar,
-             meta["verification"]["max_abs_diff_vs_pytorch_fp32"])
+    log.info(
+        "Wrote %s and %s (max |p - p_torch| = %.1e on random inputs).",
+        model_path,
+        sidecar,
+        meta["verification"]["max_abs_diff_vs_pytorch_fp32"],
+    )
     return {"model": str(model_path), "sidecar": str(sidecar), **meta}
 
 
 def _sidecar(
-    loaded: LoadedCheckpoint, fmt: str, quantize: str | None, model_path: Path,
-    threshold: float, source: str,
+    loaded: LoadedCheckpoint,
+    fmt: str,
+    quantize: str | None,
+    model_path: Path,
+    threshold: float,
+    source: str,
 ) -> dict[str, Any]:
     """What a runtime needs to feed the model and read its answer, without this code base."""
     size = loaded.image_size

@@ -114,7 +114,9 @@ def pick_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise ConfigError(f"device={name} is not a torch device (auto, cpu, cuda, cuda:1).") from exc
+        raise ConfigError(
+            f"device={name} is not a torch device (auto, cpu, cuda, cuda:1)."
+        ) from exc
     if device.type == "cuda" and (
         not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
     ):

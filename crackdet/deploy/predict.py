@@ -30,8 +30,17 @@ from crackdet.io import atomic_write_bytes, write_csv
 log = logging.getLogger(__name__)
 
 PREDICT_COLUMNS = (
-    "path", "width", "height", "prob_crack", "pred", "threshold",
-    "n_tiles", "crack_tile_fraction", "max_tile_prob", "heatmap", "error",
+    "path",
+    "width",
+    "height",
+    "prob_crack",
+    "pred",
+    "threshold",
+    "n_tiles",
+    "crack_tile_fraction",
+    "max_tile_prob",
+    "heatmap",
+    "error",
 )
 
 
@@ -50,8 +59,13 @@ class PredictSettings:
         """Read and check `predict.*`; the stride defaults to the tile size."""
         tile = int(section.tile_size)
         stride = int(section.stride) if section.get("stride") is not None else tile
-        settings = cls(tile, stride, int(section.batch_size), int(section.heatmap_max_side),
-                       str(section.device))
+        settings = cls(
+            tile,
+            stride,
+            int(section.batch_size),
+            int(section.heatmap_max_side),
+            str(section.device),
+        )
         if tile < 1 or settings.batch_size < 1 or settings.heatmap_max_side < 1:
             raise ConfigError(
                 f"predict.tile_size={tile}, predict.batch_size={settings.batch_size} and "
@@ -84,9 +98,17 @@ class _Row:
         tiles = self.tile_probs or [self.prob]
         crack_tiles = sum(p >= threshold for p in tiles)
         return [
-            self.path, self.width, self.height, f"{self.prob:.6f}", int(self.prob >= threshold),
-            threshold, len(tiles), f"{crack_tiles / len(tiles):.6f}", f"{max(tiles):.6f}",
-            self.heatmap, "",
+            self.path,
+            self.width,
+            self.height,
+            f"{self.prob:.6f}",
+            int(self.prob >= threshold),
+            threshold,
+            len(tiles),
+            f"{crack_tiles / len(tiles):.6f}",
+            f"{max(tiles):.6f}",
+            self.heatmap,
+            "",
         ]
 
 
@@ -155,14 +177,24 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     log.info(
         "Classifying %d image(s) with %s (image size %d, threshold %.4g from the %s) on %s; "
         "images larger than %d px are scanned in tiles every %d px.",
-        len(paths), loaded.path, loaded.image_size, threshold, source, device,
-        settings.tile_size, settings.stride,
+        len(paths),
+        loaded.path,
+        loaded.image_size,
+        threshold,
+        source,
+        device,
+        settings.tile_size,
+        settings.stride,
     )
     predictor = _Predictor(loaded, settings, device)
     rows: list[_Row] = []
     used_names: set[str] = set()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns) as progress:
         images_task = progress.add_task("Images", total=len(paths))
         tiles_task = progress.add_task("Tiles", total=None, visible=False)
@@ -190,8 +222,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             boxes, row.tile_probs = predictor.scan_tiles(image, tiles_done)
             row.prob = max(row.tile_probs)
             name = _heatmap_name(path, used_names)
-            overlay = heatmap_overlay(image, boxes, row.tile_probs, threshold,
-                                      settings.heatmap_max_side)
+            overlay = heatmap_overlay(
+                image, boxes, row.tile_probs, threshold, settings.heatmap_max_side
+            )
             png = io.BytesIO()
             overlay.save(png, format="PNG")
             atomic_write_bytes(heatmap_dir / name, png.getvalue())
@@ -200,8 +233,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         finished(predictor.flush())
         progress.update(tiles_task, visible=False)
 
-    csv_path = write_csv(output_dir / "predictions.csv", PREDICT_COLUMNS,
-                         (row.cells(threshold) for row in rows))
+    csv_path = write_csv(
+        output_dir / "predictions.csv", PREDICT_COLUMNS, (row.cells(threshold) for row in rows)
+    )
     summary = {
         "predictions": str(csv_path),
         "images": len(rows),
@@ -213,7 +247,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     }
     log.info(
         "%d image(s): %d with a crack, %d unreadable, %d heatmap(s). Wrote %s",
-        summary["images"], summary["cracks"], summary["errors"], summary["heatmaps"], csv_path,
+        summary["images"],
+        summary["cracks"],
+        summary["errors"],
+        summary["heatmaps"],
+        csv_path,
     )
     for row in rows:
         if row.error:

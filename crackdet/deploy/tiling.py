@@ -50,13 +50,17 @@ def tile_batches(
     tensors as on PIL images) resizes and normalises them, so only one batch is ever copied.
     """
     for first in range(0, len(boxes), batch_size):
-        crops = [image[:, top:bottom, left:right] for left, top, right, bottom in
-                 boxes[first:first + batch_size]]
+        crops = [
+            image[:, top:bottom, left:right]
+            for left, top, right, bottom in boxes[first : first + batch_size]
+        ]
         yield transform(torch.stack(crops))
 
 
 def _heat_grid(
-    boxes: Sequence[Box], probs: Sequence[float], image_size: tuple[int, int],
+    boxes: Sequence[Box],
+    probs: Sequence[float],
+    image_size: tuple[int, int],
     view_size: tuple[int, int],
 ) -> np.ndarray:
     """Per pixel of the shrunk view, the highest p(crack) of the tiles covering it."""
@@ -74,9 +78,7 @@ def _outline(mask: np.ndarray, width: int) -> np.ndarray:
     inner = mask.copy()
     for _ in range(width):
         padded = np.pad(inner, 1, constant_values=False)
-        inner = (
-            inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-        )
+        inner = inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     return mask & ~inner
 
 

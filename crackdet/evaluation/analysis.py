@@ -48,17 +48,17 @@ class Run:
 
     def describe(self) -> str:
         """One line naming the run, split, size and threshold."""
-        return (f"{self.kind} run {self.run_dir}: {len(self.labels)} {self.split} images, "
-                f"threshold {self.threshold:.4g} ({self.threshold_source})")
+        return (
+            f"{self.kind} run {self.run_dir}: {len(self.labels)} {self.split} images, "
+            f"threshold {self.threshold:.4g} ({self.threshold_source})"
+        )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def load_run(
-    run_dir: str | Path, split: str | None = None, threshold: float | None = None
-) -> Run:
+def load_run(run_dir: str | Path, split: str | None = None, threshold: float | None = None) -> Run:
     """Predictions of a training run (predictions_<split>.csv) or an eval run (predictions.csv).
 
     `split` (training runs): test when that file exists, else val. `threshold`: the run's
@@ -88,8 +88,17 @@ def load_run(
     else:
         threshold, source = DEFAULT_THRESHOLD, "default"
     predictions = read_predictions(csv)
-    return Run(run_dir, kind, split, predictions["path"], predictions["label"],
-               predictions["prob_crack"], float(threshold), source, ckpt)
+    return Run(
+        run_dir,
+        kind,
+        split,
+        predictions["path"],
+        predictions["label"],
+        predictions["prob_crack"],
+        float(threshold),
+        source,
+        ckpt,
+    )
 
 
 def show(fig: Figure) -> None:
@@ -121,8 +130,10 @@ def mistakes(run: Run, kind: str, k: int) -> list[int]:
 
 def _caption(run: Run, position: int) -> str:
     name = Path(run.paths[position]).name
-    return f"{name}\ntrue {CLASS_NAMES[int(run.labels[position])]}, " \
-           f"p(crack)={float(run.probs[position]):.3f}"
+    return (
+        f"{name}\ntrue {CLASS_NAMES[int(run.labels[position])]}, "
+        f"p(crack)={float(run.probs[position]):.3f}"
+    )
 
 
 def _empty_figure(message: str) -> Figure:
@@ -139,14 +150,15 @@ def mistakes_figure(run: Run, kind: str, k: int = 8, columns: int = 4) -> Figure
     if not positions:
         return _empty_figure(f"No {name} in {run.split} at threshold {run.threshold:.4g}.")
     images = [np.asarray(load_rgb(run.paths[i])) for i in positions]
-    return image_grid_figure(images, [_caption(run, i) for i in positions], columns,
-                             title=f"{run.split}: most confident {name} "
-                                   f"(threshold {run.threshold:.4g})")
+    return image_grid_figure(
+        images,
+        [_caption(run, i) for i in positions],
+        columns,
+        title=f"{run.split}: most confident {name} (threshold {run.threshold:.4g})",
+    )
 
 
-def gradcam_maps(
-    model: CrackClassifier, images: torch.Tensor, target_class: int = 1
-) -> np.ndarray:
+def gradcam_maps(model: CrackClassifier, images: torch.Tensor, target_class: int = 1) -> np.ndarray:
     """Grad-CAM heat maps (N, H, W in [0, 1]) of `target_class` from the last ResNet block.
 
     The frozen backbone's weights need no gradient: the input is made to require one, so the
@@ -180,6 +192,9 @@ def gradcam_figure(run: Run, k: int = 8, columns: int = 4) -> Figure:
     for image, heat in zip(batch, maps, strict=True):
         rgb = denormalize(image, loaded.mean, loaded.std).permute(1, 2, 0).numpy()
         overlays.append(show_cam_on_image(rgb, heat, use_rgb=True))
-    return image_grid_figure(overlays, [_caption(run, i) for i in positions], columns,
-                             title=f"{run.split}: Grad-CAM of 'crack' on the mistakes "
-                                   "(red: evidence for crack)")
+    return image_grid_figure(
+        overlays,
+        [_caption(run, i) for i in positions],
+        columns,
+        title=f"{run.split}: Grad-CAM of 'crack' on the mistakes (red: evidence for crack)",
+    )

@@ -32,7 +32,9 @@ def _mark_points(ax, probs, labels, points: Mapping[str, float], x: str, y: str)
 
 
 def pr_curve_figure(
-    probs: torch.Tensor, labels: torch.Tensor, points: Mapping[str, float] | None = None,
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    points: Mapping[str, float] | None = None,
     title: str = "",
 ) -> Figure:
     """Precision against recall, with average precision and the given thresholds marked."""
@@ -42,15 +44,22 @@ def pr_curve_figure(
     fig, ax = plt.subplots(figsize=(5, 4.5))
     ax.step(recall.numpy(), precision.numpy(), where="post", label=f"AP = {ap:.4f}")
     _mark_points(ax, probs, labels, points or {}, "recall", "precision")
-    ax.set(xlabel="recall (cracks found)", ylabel="precision (alarms that are cracks)",
-           xlim=(0, 1.01), ylim=(0, 1.01), title=title or "precision-recall")
+    ax.set(
+        xlabel="recall (cracks found)",
+        ylabel="precision (alarms that are cracks)",
+        xlim=(0, 1.01),
+        ylim=(0, 1.01),
+        title=title or "precision-recall",
+    )
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def roc_curve_figure(
-    probs: torch.Tensor, labels: torch.Tensor, points: Mapping[str, float] | None = None,
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    points: Mapping[str, float] | None = None,
     title: str = "",
 ) -> Figure:
     """True-positive rate against false-positive rate, with AUROC and thresholds marked."""
@@ -61,15 +70,22 @@ def roc_curve_figure(
     ax.plot(fpr.numpy(), tpr.numpy(), label=f"AUROC = {auroc:.4f}")
     ax.plot([0, 1], [0, 1], ":", color="grey")
     _mark_points(ax, probs, labels, points or {}, "fpr", "recall")
-    ax.set(xlabel="false-positive rate", ylabel="recall", xlim=(-0.01, 1), ylim=(0, 1.01),
-           title=title or "ROC")
+    ax.set(
+        xlabel="false-positive rate",
+        ylabel="recall",
+        xlim=(-0.01, 1),
+        ylim=(0, 1.01),
+        title=title or "ROC",
+    )
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def threshold_sweep_figure(
-    probs: torch.Tensor, labels: torch.Tensor, points: Mapping[str, float] | None = None,
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    points: Mapping[str, float] | None = None,
     title: str = "",
 ) -> Figure:
     """Recall and precision as the threshold moves, with the given thresholds as vertical lines."""
@@ -80,8 +96,13 @@ def threshold_sweep_figure(
     ax.step(thresholds.numpy(), precision[:-1].numpy(), where="pre", label="precision")
     for (name, threshold), style in zip((points or {}).items(), ("--", ":", "-."), strict=False):
         ax.axvline(threshold, linestyle=style, color="grey", label=f"{name} (t={threshold:.3g})")
-    ax.set(xlabel="threshold on p(crack)", ylabel="rate", xlim=(0, 1), ylim=(0, 1.02),
-           title=title or "recall and precision against threshold")
+    ax.set(
+        xlabel="threshold on p(crack)",
+        ylabel="rate",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title=title or "recall and precision against threshold",
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -131,8 +152,12 @@ def reliability_figure(
         ece = expected_calibration_error(probs, labels, n_bins)
         ax.plot(mean_p, frac, "o-", label=f"{name}: ECE = {ece:.4f}")
         ax_count.plot(mean_p, counts, "o", label=name)
-    ax.set(ylabel="observed fraction of cracks", xlim=(0, 1), ylim=(0, 1.02),
-           title=title or "reliability")
+    ax.set(
+        ylabel="observed fraction of cracks",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title=title or "reliability",
+    )
     ax.legend(fontsize=8)
     ax_count.set(xlabel="mean p(crack) in bin", ylabel="images", yscale="log")
     fig.tight_layout()

@@ -48,8 +48,16 @@ log = logging.getLogger(__name__)
 #: Values of eval's `data.split`: a part of the training run's split, or the whole folder.
 EVAL_SPLITS = ("test", "val", "all")
 #: eval's `data.*` keys that default to the checkpoint's record (CrackDataModule hyperparameters).
-_RECORDED = ("data_dir", "image_size", "batch_size", "train_fraction", "fractions", "split_seed",
-             "mean", "std")
+_RECORDED = (
+    "data_dir",
+    "image_size",
+    "batch_size",
+    "train_fraction",
+    "fractions",
+    "split_seed",
+    "mean",
+    "std",
+)
 
 Predictions = dict[str, Any]  # the read_predictions layout: path, label, prob_crack (+ loss)
 
@@ -157,8 +165,11 @@ class _Evaluation:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         if not cfg.ckpt_path or not Path(cfg.ckpt_path).expanduser().is_file():
-            problem = f"ckpt_path={cfg.ckpt_path} does not exist" if cfg.ckpt_path else (
-                "ckpt_path is not set")
+            problem = (
+                f"ckpt_path={cfg.ckpt_path} does not exist"
+                if cfg.ckpt_path
+                else ("ckpt_path is not set")
+            )
             raise ConfigError(
                 f"{problem}; give a checkpoint such as "
                 "ckpt_path=outputs/train/<run>/checkpoints/best.ckpt."
@@ -178,9 +189,13 @@ class _Evaluation:
             )
         recorded_dir, data_dir = self.recorded.get("data_dir"), self.settings["data_dir"]
         if self.split != "all" and recorded_dir and Path(recorded_dir) != Path(data_dir):
-            log.warning("Rebuilding the training run's %s split on %s, not on the folder it was "
-                        "trained on (%s); use data.split=all for a different data set.",
-                        self.split, data_dir, recorded_dir)
+            log.warning(
+                "Rebuilding the training run's %s split on %s, not on the folder it was "
+                "trained on (%s); use data.split=all for a different data set.",
+                self.split,
+                data_dir,
+                recorded_dir,
+            )
         self.predict = _Predictor(cfg, self.ckpt_path)
         self.predictions = self.predict(self.datamodule, self.split)
         self._val: Predictions | None = None
@@ -194,14 +209,16 @@ class _Evaluation:
         datamodule = self.datamodule
         if self.split == "all":
             # The evaluated folder is other data: the validation split is the training run's own.
-            given = OmegaConf.masked_copy(self.cfg.data, ["num_workers", "batch_size", "cache_dir",
-                                                          "on_bad_image"])
+            given = OmegaConf.masked_copy(
+                self.cfg.data, ["num_workers", "batch_size", "cache_dir", "on_bad_image"]
+            )
             try:
                 datamodule = CrackDataModule(**data_settings(given, self.recorded, self.ckpt_path))
                 datamodule.setup()
             except (DataError, ConfigError) as exc:
-                log.warning("Cannot rebuild the training run's validation split for %s: %s",
-                            reason, exc)
+                log.warning(
+                    "Cannot rebuild the training run's validation split for %s: %s", reason, exc
+                )
                 return None
         if not datamodule.has_split("val"):
             log.warning("The training run's split has no validation images for %s.", reason)
@@ -222,40 +239,54 @@ class _Evaluation:
             return {**stored, "source": "checkpoint (chosen on the validation split in training)"}
         val = self.validation_predictions(f"a threshold at recall {self.target_recall}")
         if val is None or not bool((val["label"] == 1).any()):
-            log.warning("No operating point: metrics are reported at %s only. Set "
-                        "eval.threshold=<t> to report another threshold.", DEFAULT_THRESHOLD)
+            log.warning(
+                "No operating point: metrics are reported at %s only. Set "
+                "eval.threshold=<t> to report another threshold.",
+                DEFAULT_THRESHOLD,
+            )
             return None
         threshold = threshold_for_recall(val["prob_crack"], val["label"], self.target_recall)
-        return {"threshold": threshold, "target_recall": self.target_recall,
-                "source": "validation split"}
+        return {
+            "threshold": threshold,
+            "target_recall": self.target_recall,
+            "source": "validation split",
+        }
 
     def calibration(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """ECE (and with temperature scaling, the fitted T and ECE after it); curves to plot."""
         bins = int(self.cfg.eval.calibration_bins)
         probs, labels = self.predictions["prob_crack"], self.predictions["label"]
         result: dict[str, Any] = {
-            "bins": bins, f"{self.split}/ece": expected_calibration_error(probs, labels, bins)
+            "bins": bins,
+            f"{self.split}/ece": expected_calibration_error(probs, labels, bins),
         }
         curves = {"model": probs}
         if not self.cfg.eval.temperature_scaling:
             return result, curves
         val = self.validation_predictions("temperature scaling")
         if val is None:
-            raise ConfigError("eval.temperature_scaling=true needs the training run's validation "
-                              "split (see the warning above); set it to false.")
+            raise ConfigError(
+                "eval.temperature_scaling=true needs the training run's validation "
+                "split (see the warning above); set it to false."
+            )
         if self.split == "val":
-            log.warning("eval.temperature_scaling: the temperature is fitted on the validation "
-                        "split it is judged on, so val/ece_scaled is optimistic; judge it on "
-                        "data.split=test.")
+            log.warning(
+                "eval.temperature_scaling: the temperature is fitted on the validation "
+                "split it is judged on, so val/ece_scaled is optimistic; judge it on "
+                "data.split=test."
+            )
         temperature = fit_temperature(val["prob_crack"], val["label"])
         scaled = apply_temperature(probs, temperature)
-        result.update({
-            "temperature": temperature,
-            f"{self.split}/ece_scaled": expected_calibration_error(scaled, labels, bins),
-            "val/ece": expected_calibration_error(val["prob_crack"], val["label"], bins),
-            "val/ece_scaled": expected_calibration_error(
-                apply_temperature(val["prob_crack"], temperature), val["label"], bins),
-        })
+        result.update(
+            {
+                "temperature": temperature,
+                f"{self.split}/ece_scaled": expected_calibration_error(scaled, labels, bins),
+                "val/ece": expected_calibration_error(val["prob_crack"], val["label"], bins),
+                "val/ece_scaled": expected_calibration_error(
+                    apply_temperature(val["prob_crack"], temperature), val["label"], bins
+                ),
+            }
+        )
         curves[f"temperature {temperature:.3g}"] = scaled
         return result, curves
 
@@ -299,8 +330,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     write_csv(
         output_dir / "predictions.csv",
         PREDICTION_COLUMNS,
-        zip(predictions["path"], labels.tolist(), (f"{p:.6f}" for p in probs.tolist()),
-            decisions(probs, DEFAULT_THRESHOLD).tolist(), strict=True),
+        zip(
+            predictions["path"],
+            labels.tolist(),
+            (f"{p:.6f}" for p in probs.tolist()),
+            decisions(probs, DEFAULT_THRESHOLD).tolist(),
+            strict=True,
+        ),
     )
     write_json(output_dir / "metrics.json", results)
     _write_figures_and_scalars(results, probs, labels, curves, output_dir)
@@ -309,39 +345,65 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _write_figures_and_scalars(
-    results: dict[str, Any], probs: torch.Tensor, labels: torch.Tensor,
-    curves: dict[str, torch.Tensor], output_dir: Path,
+    results: dict[str, Any],
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    curves: dict[str, torch.Tensor],
+    output_dir: Path,
 ) -> None:
     split, point = results["split"], results["operating_point"]
-    logger = TensorBoardLogger(save_dir=output_dir, name="tensorboard", version="",
-                               default_hp_metric=False)
+    logger = TensorBoardLogger(
+        save_dir=output_dir, name="tensorboard", version="", default_hp_metric=False
+    )
     writer = logger.experiment
     scalars = {k: v for k, v in results["metrics"].items() if v is not None}
     points = {"default": DEFAULT_THRESHOLD}
     if point:
         points["operating point"] = point["threshold"]
-        scalars.update({k.replace("/", "/op_", 1): v for k, v in point["metrics"].items()
-                        if v is not None})
+        scalars.update(
+            {k.replace("/", "/op_", 1): v for k, v in point["metrics"].items() if v is not None}
+        )
         m = point["metrics"]
         counts = [[m[f"{split}/tn"], m[f"{split}/fp"]], [m[f"{split}/fn"], m[f"{split}/tp"]]]
         title = f"{split}: {len(labels)} images, threshold {point['threshold']:.4g}"
-        _save_figure(confusion_matrix_figure(counts, CLASS_NAMES, title),
-                     output_dir / "confusion_matrix_operating_point.png", writer,
-                     f"{split}/confusion_matrix_op")
+        _save_figure(
+            confusion_matrix_figure(counts, CLASS_NAMES, title),
+            output_dir / "confusion_matrix_operating_point.png",
+            writer,
+            f"{split}/confusion_matrix_op",
+        )
     scalars.update({k: v for k, v in results["calibration"].items() if k != "bins"})
     m = results["metrics"]
     counts = [[m[f"{split}/tn"], m[f"{split}/fp"]], [m[f"{split}/fn"], m[f"{split}/tp"]]]
-    _save_figure(confusion_matrix_figure(counts, CLASS_NAMES, f"{split}: {len(labels)} images, "
-                                         f"threshold {DEFAULT_THRESHOLD}"),
-                 output_dir / "confusion_matrix.png", writer, f"{split}/confusion_matrix")
-    _save_figure(reliability_figure(curves, labels, results["calibration"]["bins"],
-                                    title=f"{split}: reliability"),
-                 output_dir / "reliability.png", writer, f"{split}/reliability")
+    _save_figure(
+        confusion_matrix_figure(
+            counts, CLASS_NAMES, f"{split}: {len(labels)} images, threshold {DEFAULT_THRESHOLD}"
+        ),
+        output_dir / "confusion_matrix.png",
+        writer,
+        f"{split}/confusion_matrix",
+    )
+    _save_figure(
+        reliability_figure(
+            curves, labels, results["calibration"]["bins"], title=f"{split}: reliability"
+        ),
+        output_dir / "reliability.png",
+        writer,
+        f"{split}/reliability",
+    )
     if labels.unique().numel() == 2:
-        _save_figure(pr_curve_figure(probs, labels, points, title=f"{split}: precision-recall"),
-                     output_dir / "pr_curve.png", writer, f"{split}/pr_curve")
-        _save_figure(roc_curve_figure(probs, labels, points, title=f"{split}: ROC"),
-                     output_dir / "roc_curve.png", writer, f"{split}/roc_curve")
+        _save_figure(
+            pr_curve_figure(probs, labels, points, title=f"{split}: precision-recall"),
+            output_dir / "pr_curve.png",
+            writer,
+            f"{split}/pr_curve",
+        )
+        _save_figure(
+            roc_curve_figure(probs, labels, points, title=f"{split}: ROC"),
+            output_dir / "roc_curve.png",
+            writer,
+            f"{split}/roc_curve",
+        )
         writer.add_pr_curve(f"{split}/pr", labels, probs)
     logger.log_metrics(scalars)
     logger.finalize("success")
@@ -351,11 +413,23 @@ def _log_summary(results: dict[str, Any]) -> None:
     split = results["split"]
     sections = [("t=0.5", results["metrics"])]
     if results["operating_point"]:
-        sections.append((f"t={results['operating_point']['threshold']:.4g}",
-                         results["operating_point"]["metrics"]))
+        sections.append(
+            (
+                f"t={results['operating_point']['threshold']:.4g}",
+                results["operating_point"]["metrics"],
+            )
+        )
     for name, m in sections:
-        log.info("%s %s: acc %.4f  precision %.4f  recall %.4f  specificity %.4f  "
-                 "missed cracks %d  false alarms %d", split, name, m[f"{split}/acc"],
-                 m[f"{split}/precision"], m[f"{split}/recall"], m[f"{split}/specificity"],
-                 m[f"{split}/fn"], m[f"{split}/fp"])
+        log.info(
+            "%s %s: acc %.4f  precision %.4f  recall %.4f  specificity %.4f  "
+            "missed cracks %d  false alarms %d",
+            split,
+            name,
+            m[f"{split}/acc"],
+            m[f"{split}/precision"],
+            m[f"{split}/recall"],
+            m[f"{split}/specificity"],
+            m[f"{split}/fn"],
+            m[f"{split}/fp"],
+        )
     log.info("Results in %s", results["output_dir"])

@@ -26,8 +26,14 @@ def confusion_matrix_figure(
         for i in range(counts.shape[0]):
             for j in range(counts.shape[1]):
                 text = f"{values[i, j]:d}" if kind == "counts" else f"{values[i, j]:.3f}"
-                ax.text(j, i, text, ha="center", va="center",
-                        color="white" if rates[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    color="white" if rates[i, j] > 0.5 else "black",
+                )
         ax.set_xticks(range(len(class_names)), class_names)
         ax.set_yticks(range(len(class_names)), class_names)
         ax.set_xlabel("predicted")

@@ -56,7 +56,9 @@ def _file_weights(path: Path) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise WeightsError(f"model.weights={path} holds a {type(state).__name__}, not a state dict.")
+        raise WeightsError(
+            f"model.weights={path} holds a {type(state).__name__}, not a state dict."
+        )
     return state
 
 

@@ -130,12 +130,21 @@ class CrackClassifier(L.LightningModule):
         metrics = self.metrics[f"{stage}_"]
         metrics.update(probs, y)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True,
-                 batch_size=len(y), sync_dist=not on_step)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=not on_step,
+            prog_bar=True,
+            batch_size=len(y),
+            sync_dist=not on_step,
+        )
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(y))
         if stage != "train":
             self.sample_counts[f"{stage}_"].update(torch.tensor(float(len(y)), device=self.device))
-            self.log(f"{stage}/samples", self.sample_counts[f"{stage}_"], on_step=False, on_epoch=True)
+            self.log(
+                f"{stage}/samples", self.sample_counts[f"{stage}_"], on_step=False, on_epoch=True
+            )
         return {"loss": loss, "probs": probs.detach(), "labels": y.detach(), "idx": idx}
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:

@@ -125,8 +125,12 @@ def _checksum(features: torch.Tensor) -> str:
 def write_cache(path: Path, key: str, features: torch.Tensor) -> None:
     """Save features atomically: a concurrent reader sees the old file or the whole new one."""
     buffer = io.BytesIO()
-    stored = {"format": FORMAT_VERSION, "key": key, "checksum": _checksum(features),
-              "features": features}
+    stored = {
+        "format": FORMAT_VERSION,
+        "key": key,
+        "checksum": _checksum(features),
+        "features": features,
+    }
     torch.save(stored, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
@@ -145,7 +149,9 @@ def read_cache(path: Path, key: str, count: int) -> torch.Tensor | None:
     except Exception as exc:  # truncated zip, unpickling errors, missing keys: all mean damaged
         log.warning(
             "Feature cache %s is damaged (%s: %s); extracting the features again.",
-            path, type(exc).__name__, exc,
+            path,
+            type(exc).__name__,
+            exc,
         )
         return None
     return features
@@ -198,8 +204,12 @@ def extract_features(
         pin_memory=datamodule.pin_memory,
     )
     columns = (
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
     )
     with Progress(*columns, disable=not show_progress) as progress:
         task = progress.add_task("Extracting backbone features", total=len(dataset))
@@ -276,23 +286,36 @@ def cached_features(
             if missing:
                 if rank == 0:
                     why = "rebuild requested" if rebuild else "no usable cache"
-                    log.info("Extracting features of %d images with the %s backbone (%s) ...",
-                             len(records), runtime, why)
+                    log.info(
+                        "Extracting features of %d images with the %s backbone (%s) ...",
+                        len(records),
+                        runtime,
+                        why,
+                    )
                 start = time.perf_counter()
                 device = trainer.strategy.root_device if trainer else None
-                extract = _extractor(datamodule, backbone, runtime, datamodule.batch_size,
-                                     precision, device)
+                extract = _extractor(
+                    datamodule, backbone, runtime, datamodule.batch_size, precision, device
+                )
                 prepared = time.perf_counter()
-                features = extract_features(datamodule, extract, records[rank::world], rank == 0,
-                                            device)
+                features = extract_features(
+                    datamodule, extract, records[rank::world], rank == 0, device
+                )
                 if world > 1:
                     features = _gather(features, len(records), trainer)
                 if rank == 0:
                     write_cache(path, key, features)
                     seconds = time.perf_counter() - prepared
-                    log.info("Extracted %d features in %.1f s (%.1f images/s, after %.1f s "
-                             "preparing the %s backbone); saved to %s.", len(records), seconds,
-                             len(records) / seconds, prepared - start, runtime, path)
+                    log.info(
+                        "Extracted %d features in %.1f s (%.1f images/s, after %.1f s "
+                        "preparing the %s backbone); saved to %s.",
+                        len(records),
+                        seconds,
+                        len(records) / seconds,
+                        prepared - start,
+                        runtime,
+                        path,
+                    )
     except OSError as exc:
         raise DataError(
             f"Cannot keep backbone features in paths.cache_dir={datamodule.cache_dir} "
@@ -304,8 +327,11 @@ def cached_features(
         if features is None:
             raise DataError(f"Rank {rank} cannot read the feature cache {path} rank 0 checked.")
     elif not missing and rank == 0:
-        log.info("Loaded features of %d images from %s; the backbone will not run on them.",
-                 len(records), path)
+        log.info(
+            "Loaded features of %d images from %s; the backbone will not run on them.",
+            len(records),
+            path,
+        )
     return features
 
 

@@ -85,7 +85,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             results["operating_point"] = stored_operating_point(best)
         if best and trainer.current_epoch > 1:
             # More than one epoch ran: report validation of the best weights, not the last.
-            results["validate"] = _scalars(trainer.validate(model, datamodule=datamodule, ckpt_path=best)[0])
+            results["validate"] = _scalars(
+                trainer.validate(model, datamodule=datamodule, ckpt_path=best)[0]
+            )
 
     if cfg.get("test", True):
         # Idempotent; under ddp_spawn only the spawned processes have set the data up so far.

@@ -112,7 +112,10 @@ def start_train(*args: str) -> subprocess.Popen:
     """`python train.py <args>` in a subprocess, output captured."""
     return subprocess.Popen(
         [sys.executable, str(PROJECT_ROOT / "train.py"), *args],
-        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -124,12 +127,17 @@ def test_entry_point_rejects_mistakes_at_start_up(tmp_path: Path) -> None:
     cases = {
         # Hydra's struct mode: a misspelt key, an unknown option of a config group.
         "misspelt key": (["model.optimiser.lr=1", run_dir], 1, ["'model.optimiser.lr'"]),
-        "unknown option": (["data/augmentation=strongg", run_dir], 1,
-                           ["data/augmentation/strongg", "Available options", "strong"]),
+        "unknown option": (
+            ["data/augmentation=strongg", run_dir],
+            1,
+            ["data/augmentation/strongg", "Available options", "strong"],
+        ),
         # Checked before Hydra makes the run folder: exit status 2 and the fix, no traceback.
-        "unwritable log dir": ([f"paths.log_dir={a_file}/outputs"], 2,
-                               ["hydra.run.dir=", f"paths.log_dir={a_file}/outputs",
-                                "not writable"]),
+        "unwritable log dir": (
+            [f"paths.log_dir={a_file}/outputs"],
+            2,
+            ["hydra.run.dir=", f"paths.log_dir={a_file}/outputs", "not writable"],
+        ),
     }
     # All at once: most of each run is starting Python and importing torch.
     started = {name: start_train(*args) for name, (args, _, _) in cases.items()}

@@ -12,7 +12,14 @@ from tests.conftest import compose_cfg
 
 # Groups whose options are chosen with `group=option` on the command line of train.py.
 TRAIN_GROUPS = [
-    "data", "data/augmentation", "model", "trainer", "logger", "callbacks", "experiment", "debug",
+    "data",
+    "data/augmentation",
+    "model",
+    "trainer",
+    "logger",
+    "callbacks",
+    "experiment",
+    "debug",
 ]
 
 
@@ -58,7 +65,9 @@ def test_smoke_runs_offline_on_synthetic_data(tmp_path: Path) -> None:
 
 
 def test_run_directories_are_unique_per_run() -> None:
-    run_dir = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "hydra" / "default.yaml"))["run"]["dir"]
+    run_dir = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "hydra" / "default.yaml"))["run"][
+        "dir"
+    ]
     assert "%f" in run_dir, "run directories must carry microseconds so runs never share one"
     assert run_dir.startswith("${paths.log_dir}/${task_name}/")
 

@@ -153,7 +153,10 @@ def test_each_job_of_a_sweep_can_start_ddp_processes_again(monkeypatch) -> None:
 @pytest.mark.slow
 def test_optuna_search_reports_its_best_trial(tmp_path, synthetic_cache) -> None:
     result, sweep = multirun(
-        tmp_path, synthetic_cache, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+        tmp_path,
+        synthetic_cache,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
         multirun_flag=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -161,7 +164,10 @@ def test_optuna_search_reports_its_best_trial(tmp_path, synthetic_cache) -> None
     trials = [job_metrics(sweep / job)["fit"]["val/acc_best"] for job in ("0", "1")]
     assert best["best_value"] == pytest.approx(max(trials))
     assert set(best["best_params"]) == {
-        "model.optimizer.lr", "model.optimizer.weight_decay", "model.dropout", "data/augmentation",
+        "model.optimizer.lr",
+        "model.optimizer.weight_decay",
+        "model.dropout",
+        "data/augmentation",
     }
     assert len(read_csv(sweep / "summary.csv")) == 2
 
@@ -199,11 +205,18 @@ def test_slurm_launcher_config_asks_for_the_trainers_nodes_and_gpus(tmp_path, mo
     import submitit
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
-    cfg = compose_cfg(tmp_path / "run", [
-        "launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
-        "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-    ])
+    cfg = compose_cfg(
+        tmp_path / "run",
+        [
+            "launcher=slurm",
+            "trainer=ddp",
+            "trainer.devices=4",
+            "trainer.num_nodes=2",
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.timeout_min=90",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+    )
     launcher = instantiate(cfg.hydra.launcher)
     assert type(launcher).__name__ == "SlurmLauncher"
     # The sbatch script submitit would submit (a stand-in srun: there is no SLURM here).
@@ -214,27 +227,43 @@ def test_slurm_launcher_config_asks_for_the_trainers_nodes_and_gpus(tmp_path, mo
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
     executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
     shared = set(OmegaConf.structured(BaseQueueConf).keys())
-    executor.update_parameters(**{
-        k if k in shared else f"slurm_{k}": v
-        for k, v in launcher.params.items() if k not in ("submitit_folder", "max_num_timeout")
-    })
+    executor.update_parameters(
+        **{
+            k if k in shared else f"slurm_{k}": v
+            for k, v in launcher.params.items()
+            if k not in ("submitit_folder", "max_num_timeout")
+        }
+    )
     sbatch = executor._executor._make_submission_file_text("python train.py", "uid")
-    for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu",
-                 "--time=90"):
+    for line in (
+        "--nodes=2",
+        "--ntasks-per-node=4",
+        "--gpus-per-node=4",
+        "--partition=gpu",
+        "--time=90",
+    ):
         assert f"#SBATCH {line}\n" in sbatch
 
 
 def test_a_diverged_job_never_ranks_first() -> None:
-    jobs = [{"job": 0, "value": float("nan")}, {"job": 1, "value": 0.7}, {"job": 2, "value": None},
-            {"job": 3, "value": 0.9}]
+    jobs = [
+        {"job": 0, "value": float("nan")},
+        {"job": 1, "value": 0.7},
+        {"job": 2, "value": None},
+        {"job": 3, "value": 0.9},
+    ]
     assert [r["job"] for r in ranked(jobs)] == [3, 1, 0, 2]
     assert [r["job"] for r in ranked(jobs, maximize=False)] == [1, 3, 0, 2]
 
 
-@pytest.mark.parametrize("metric,maximize", [("val/acc_best", True), ("val/loss", False),
-                                             ("test/ece", False), ("val/auroc", True)])
+@pytest.mark.parametrize(
+    "metric,maximize",
+    [("val/acc_best", True), ("val/loss", False), ("test/ece", False), ("val/auroc", True)],
+)
 def test_summary_ranks_losses_lowest_first(metric: str, maximize: bool) -> None:
     from crackdet.cli.sweeps import SweepSummary
 
-    assert SweepSummary("auto")._maximized(OmegaConf.create({"optimized_metric": metric})) is maximize
+    assert (
+        SweepSummary("auto")._maximized(OmegaConf.create({"optimized_metric": metric})) is maximize
+    )
     assert SweepSummary("maximize")._maximized(OmegaConf.create({"optimized_metric": metric}))

@@ -46,7 +46,9 @@ def test_reference_split_matches_the_notebook_on_the_full_data_set_size() -> Non
     # Interleaved, positive first, each class in sorted name order.
     head = splits["train"][:4]
     assert [r.label for r in head] == [1, 0, 1, 0]
-    assert head[0].path.endswith("Positive/00000.jpg") and head[2].path.endswith("Positive/00001.jpg")
+    assert head[0].path.endswith("Positive/00000.jpg") and head[2].path.endswith(
+        "Positive/00001.jpg"
+    )
     assert splits["val"][-1].path.endswith("Negative/19999.jpg")
     assert sum(r.label for r in splits["val"]) == 5_000
 
@@ -252,7 +254,9 @@ def test_any_pillow_format_and_size_becomes_rgb_at_image_size(tmp_path: Path) ->
 
 @pytest.mark.parametrize("preset", ["none", "flip", "light", "strong"])
 def test_augmentation_presets_keep_shape(preset: str) -> None:
-    aug = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "data" / "augmentation" / f"{preset}.yaml"))
+    aug = OmegaConf.to_container(
+        OmegaConf.load(CONFIG_DIR / "data" / "augmentation" / f"{preset}.yaml")
+    )
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 60, 3), dtype=np.uint8))
     out = train_transform(aug, 48)(image)
     assert out.shape == (3, 48, 48)
@@ -295,5 +299,7 @@ def test_synthetic_set_regenerated_smaller_leaves_no_extra_images(tmp_path: Path
     make_synthetic_dataset(tmp_path, n_per_class=3, size=32)
     for cls in ("Positive", "Negative"):
         assert sorted(p.name for p in (tmp_path / cls).iterdir()) == [
-            "00000.jpg", "00001.jpg", "00002.jpg"
+            "00000.jpg",
+            "00001.jpg",
+            "00002.jpg",
         ]

@@ -46,8 +46,11 @@ def _synthetic_images(n: int = 6) -> list[Image.Image]:
 
 
 def _real_images(n_per_class: int = 8) -> list[Image.Image]:
-    return [load_rgb(p) for c in ("Positive", "Negative")
-            for p in sorted((REAL_SAMPLE / c).glob("*.jpg"))[:n_per_class]]
+    return [
+        load_rgb(p)
+        for c in ("Positive", "Negative")
+        for p in sorted((REAL_SAMPLE / c).glob("*.jpg"))[:n_per_class]
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -106,27 +109,37 @@ def test_export_never_overwrites(best_ckpt: Path, tmp_path: Path):
     assert existing.read_bytes() == b"the model in the field"
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(ConfigError, match="other.json already exists"):
-        _export(best_ckpt, tmp_path / "run", f"output={tmp_path / 'other.pt'}",
-                "format=torchscript")
+        _export(
+            best_ckpt, tmp_path / "run", f"output={tmp_path / 'other.pt'}", "format=torchscript"
+        )
     assert not (tmp_path / "other.pt").exists()
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["format=tflite"], "format=tflite"),
-    (["format=torchscript", "quantize=int8"], "needs format=onnx"),
-    (["quantize=int4"], "quantize=int4"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["format=tflite"], "format=tflite"),
+        (["format=torchscript", "quantize=int8"], "needs format=onnx"),
+        (["quantize=int4"], "quantize=int4"),
+    ],
+)
 def test_bad_export_settings_are_named(best_ckpt: Path, tmp_path: Path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         _export(best_ckpt, tmp_path / "run", *overrides)
 
 
 @pytest.mark.slow
-def test_int8_model_is_smaller_and_agrees(best_ckpt: Path, onnx_model, tmp_path: Path,
-                                          image_folder):
+def test_int8_model_is_smaller_and_agrees(
+    best_ckpt: Path, onnx_model, tmp_path: Path, image_folder
+):
     calibration = image_folder(n_per_class=8, size=48)
-    _export(best_ckpt, tmp_path / "run", "quantize=int8", f"calibration={calibration}",
-            "calibration_images=16")
+    _export(
+        best_ckpt,
+        tmp_path / "run",
+        "quantize=int8",
+        f"calibration={calibration}",
+        "calibration_images=16",
+    )
     int8 = tmp_path / "run" / "model.onnx"
     sidecar = json.loads((tmp_path / "run" / "model.json").read_text())
     assert sidecar["quantization"] == "int8" and sidecar["calibration"]["images"] == 16
@@ -134,5 +147,9 @@ def test_int8_model_is_smaller_and_agrees(best_ckpt: Path, onnx_model, tmp_path:
     inputs = _exported_inputs(sidecar, _synthetic_images())
     fp32 = ort.InferenceSession(str(onnx_model[0]), providers=["CPUExecutionProvider"])
     quantized = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(quantized.run(None, {"image": inputs})[0],
-                               fp32.run(None, {"image": inputs})[0], atol=0.05, rtol=0)
+    np.testing.assert_allclose(
+        quantized.run(None, {"image": inputs})[0],
+        fp32.run(None, {"image": inputs})[0],
+        atol=0.05,
+        rtol=0,
+    )

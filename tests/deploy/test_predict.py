@@ -20,8 +20,9 @@ from tests.conftest import compose_cfg, run_entry
 
 
 def _predict(ckpt: Path, input_path: Path, run_dir: Path, *overrides: str) -> list[dict]:
-    cfg = compose_cfg(run_dir, [f"ckpt_path={ckpt}", f"input={input_path}", *overrides],
-                      config_name="predict")
+    cfg = compose_cfg(
+        run_dir, [f"ckpt_path={ckpt}", f"input={input_path}", *overrides], config_name="predict"
+    )
     predict(cfg)
     with open(run_dir / "predictions.csv", newline="") as handle:
         return list(csv.DictReader(handle))
@@ -51,8 +52,12 @@ def test_folder_of_mixed_photos(best_ckpt: Path, tmp_path: Path):
 
     assert sorted(rows) == ["broken.jpg", "crop.png", "grey.png", "small.jpg", "wall.jpg"]
     assert rows["broken.jpg"]["error"] and rows["broken.jpg"]["prob_crack"] == ""
-    sizes = {"small.jpg": (64, 64), "crop.png": (227, 227), "wall.jpg": (1600, 1200),
-             "grey.png": (90, 70)}
+    sizes = {
+        "small.jpg": (64, 64),
+        "crop.png": (227, 227),
+        "wall.jpg": (1600, 1200),
+        "grey.png": (90, 70),
+    }
     for name, (width, height) in sizes.items():
         row = rows[name]
         assert (int(row["width"]), int(row["height"])) == (width, height)
@@ -86,13 +91,15 @@ def test_tiles_are_classified_like_data_set_images():
     torch.testing.assert_close(torch.cat(batches), expected)
 
 
-@pytest.mark.parametrize(("length", "tile", "stride"), [(1600, 227, 227), (1200, 227, 100),
-                                                        (227, 227, 227), (230, 227, 50)])
+@pytest.mark.parametrize(
+    ("length", "tile", "stride"),
+    [(1600, 227, 227), (1200, 227, 100), (227, 227, 227), (230, 227, 50)],
+)
 def test_windows_cover_the_whole_side(length: int, tile: int, stride: int):
     starts = tile_starts(length, tile, stride)
     covered = np.zeros(length, dtype=bool)
     for start in starts:
-        covered[start:start + tile] = True
+        covered[start : start + tile] = True
     assert covered.all() and starts[0] == 0 and starts[-1] + tile == length
     assert all(0 < b - a <= stride for a, b in zip(starts, starts[1:], strict=False))
 
@@ -137,13 +144,17 @@ def ckpt_variants(best_ckpt: Path, tmp_path: Path) -> dict[str, Path]:
     return {"stored": stored, "bare": bare}
 
 
-@pytest.mark.parametrize(("variant", "overrides", "expected"), [
-    ("stored", [], 0.37),
-    ("stored", ["predict.threshold=0.9"], 0.9),
-    ("bare", [], 0.5),
-])
-def test_threshold_stored_overridden_or_default(ckpt_variants, tmp_path: Path, variant: str,
-                                                overrides: list[str], expected: float):
+@pytest.mark.parametrize(
+    ("variant", "overrides", "expected"),
+    [
+        ("stored", [], 0.37),
+        ("stored", ["predict.threshold=0.9"], 0.9),
+        ("bare", [], 0.5),
+    ],
+)
+def test_threshold_stored_overridden_or_default(
+    ckpt_variants, tmp_path: Path, variant: str, overrides: list[str], expected: float
+):
     _photo((64, 64)).save(tmp_path / "one.jpg")
     (row,) = _predict(ckpt_variants[variant], tmp_path / "one.jpg", tmp_path / "run", *overrides)
     assert float(row["threshold"]) == expected
@@ -153,8 +164,12 @@ def test_threshold_stored_overridden_or_default(ckpt_variants, tmp_path: Path, v
 @pytest.mark.slow
 def test_entry_point_names_a_missing_input(best_ckpt: Path, tmp_path: Path):
     missing = tmp_path / "no_such_folder"
-    result = run_entry("predict.py", f"ckpt_path={best_ckpt}", f"input={missing}",
-                       f"hydra.run.dir={tmp_path / 'run'}")
+    result = run_entry(
+        "predict.py",
+        f"ckpt_path={best_ckpt}",
+        f"input={missing}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert result.returncode == 2
     assert f"input={missing}: no such file or folder" in result.stdout + result.stderr
     assert not (tmp_path / "run" / "predictions.csv").exists()

@@ -13,13 +13,21 @@ from crackdet.evaluation.evaluate import evaluate
 from crackdet.evaluation.threshold import stored_threshold
 from tests.conftest import compose_cfg, run_entry
 
-FIGURES = ("confusion_matrix.png", "confusion_matrix_operating_point.png", "pr_curve.png",
-           "roc_curve.png", "reliability.png")
+FIGURES = (
+    "confusion_matrix.png",
+    "confusion_matrix_operating_point.png",
+    "pr_curve.png",
+    "roc_curve.png",
+    "reliability.png",
+)
 
 
 def _evaluate(out: Path, ckpt: Path, *overrides: str) -> dict:
-    return evaluate(compose_cfg(out, [f"ckpt_path={ckpt}", "data.num_workers=0", *overrides],
-                                config_name="eval"))
+    return evaluate(
+        compose_cfg(
+            out, [f"ckpt_path={ckpt}", "data.num_workers=0", *overrides], config_name="eval"
+        )
+    )
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -61,8 +69,13 @@ def test_threshold_chosen_on_validation_reaches_the_target_there(trained_run: Pa
     assert stored["operating_point"]["metrics"]["val/recall"] >= 0.99
 
     # Another target: chosen here on the validation split; calibrated on it as well.
-    results = _evaluate(tmp_path / "chosen", best, "data.split=val", "eval.target_recall=0.6",
-                        "eval.temperature_scaling=true")
+    results = _evaluate(
+        tmp_path / "chosen",
+        best,
+        "data.split=val",
+        "eval.target_recall=0.6",
+        "eval.temperature_scaling=true",
+    )
     point = results["operating_point"]
     assert point["source"] == "validation split"
     assert point["target_recall"] == 0.6
@@ -88,23 +101,30 @@ def test_fixed_threshold_and_bad_settings(trained_run: Path, tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_eval_py_on_another_folder_layout_and_image_size(trained_run: Path, image_folder,
-                                                          tmp_path: Path):
+def test_eval_py_on_another_folder_layout_and_image_size(
+    trained_run: Path, image_folder, tmp_path: Path
+):
     folder = image_folder(n_per_class=4, size=64, name="other")
     (folder / "Positive").rename(folder / "cracked")
     (folder / "Negative").rename(folder / "intact")
     out = tmp_path / "eval_other"
     result = run_entry(
-        "eval.py", f"ckpt_path={trained_run / 'checkpoints' / 'best.ckpt'}",
-        f"data.data_dir={folder}", "data.split=all", "data.classes.positive=[cracked]",
-        "data.classes.negative=[intact]", "data.num_workers=0",
-        f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={out}",
+        "eval.py",
+        f"ckpt_path={trained_run / 'checkpoints' / 'best.ckpt'}",
+        f"data.data_dir={folder}",
+        "data.split=all",
+        "data.classes.positive=[cracked]",
+        "data.classes.negative=[intact]",
+        "data.num_workers=0",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={out}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _rows(out / "predictions.csv")
     assert len(rows) == 8
     assert {(Path(r["path"]).parent.name, r["label"]) for r in rows} == {
-        ("cracked", "1"), ("intact", "0")
+        ("cracked", "1"),
+        ("intact", "0"),
     }
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["split"] == "all"
@@ -114,7 +134,10 @@ def test_eval_py_on_another_folder_layout_and_image_size(trained_run: Path, imag
 
 
 def test_eval_refuses_several_processes(tmp_path: Path) -> None:
-    cfg = compose_cfg(tmp_path / "eval", [f"ckpt_path={tmp_path / 'best.ckpt'}", "trainer.devices=2"],
-                      config_name="eval")
+    cfg = compose_cfg(
+        tmp_path / "eval",
+        [f"ckpt_path={tmp_path / 'best.ckpt'}", "trainer.devices=2"],
+        config_name="eval",
+    )
     with pytest.raises(ConfigError, match="eval.py runs in one process"):
         evaluate(cfg)

@@ -50,8 +50,14 @@ def test_notebook_draws_every_section_for_a_training_run(
     # run_dir comes from the environment variable; n_images through the parameters cell.
     monkeypatch.setenv("CRACKDET_RUN_DIR", str(trained_run))
     executed = tmp_path / "executed.ipynb"
-    papermill.execute_notebook(str(NOTEBOOK), str(executed), parameters={"n_images": 4},
-                               kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
+    papermill.execute_notebook(
+        str(NOTEBOOK),
+        str(executed),
+        parameters={"n_images": 4},
+        kernel_name="python3",
+        cwd=str(tmp_path),
+        progress_bar=False,
+    )
 
     notebook = nbformat.read(executed, as_version=4)
     images: dict[str, int] = {}
@@ -63,15 +69,21 @@ def test_notebook_draws_every_section_for_a_training_run(
         elif cell.cell_type == "code" and section:
             images[section] += sum("image/png" in o.get("data", {}) for o in cell.outputs)
     assert images == dict.fromkeys(SECTIONS, 1)
-    text = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code"
-                   for o in c.outputs)
+    text = "".join(
+        o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs
+    )
     assert f"training run {trained_run}" in text
 
 
 def test_analysis_reads_an_eval_run(trained_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    results = evaluate(compose_cfg(out, [f"ckpt_path={trained_run / 'checkpoints' / 'best.ckpt'}",
-                                         "data.num_workers=0"], config_name="eval"))
+    results = evaluate(
+        compose_cfg(
+            out,
+            [f"ckpt_path={trained_run / 'checkpoints' / 'best.ckpt'}", "data.num_workers=0"],
+            config_name="eval",
+        )
+    )
     run = analysis.load_run(out)
     assert (run.kind, run.split, len(run.labels)) == ("eval", "test", results["samples"])
     assert run.threshold == results["operating_point"]["threshold"]
@@ -82,7 +94,8 @@ def test_analysis_reads_an_eval_run(trained_run: Path, tmp_path: Path) -> None:
     missed = analysis.mistakes(run, "fn", 2)
     assert len(missed) == 2 and all(run.labels[i] == 1 for i in missed)
     assert analysis.mistakes(run, "fp", 100) == [
-        i for i in sorted(range(len(run.labels)), key=lambda i: -run.probs[i])
+        i
+        for i in sorted(range(len(run.labels)), key=lambda i: -run.probs[i])
         if run.labels[i] == 0 and run.probs[i] >= run.threshold
     ]
     figure = analysis.gradcam_figure(run, k=2)

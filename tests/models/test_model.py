@@ -26,7 +26,9 @@ def weights_file(tmp_path: Path) -> Path:
 
 
 def backbone_state(state_dict: dict) -> dict[str, torch.Tensor]:
-    return {k[len("net.backbone."):]: v for k, v in state_dict.items() if k.startswith("net.backbone.")}
+    return {
+        k[len("net.backbone.") :]: v for k, v in state_dict.items() if k.startswith("net.backbone.")
+    }
 
 
 def test_backbone_is_frozen_and_only_the_head_trains() -> None:
@@ -119,11 +121,14 @@ def test_weights_in_torchvision_cache_are_used_without_network(monkeypatch, tmp_
     monkeypatch.setattr(backbone_module, "torchvision_cache_file", lambda w: target)
     # check_hash would reject a file that is not the real one; the loader is torchvision's.
     monkeypatch.setattr(
-        ResNet18_Weights, "get_state_dict",
+        ResNet18_Weights,
+        "get_state_dict",
         lambda self, progress=True, check_hash=True: torch.load(target, weights_only=True),
     )
     model = build_backbone("IMAGENET1K_V1")
-    assert torch.equal(model.conv1.weight, torch.load(weights_file, weights_only=True)["conv1.weight"])
+    assert torch.equal(
+        model.conv1.weight, torch.load(weights_file, weights_only=True)["conv1.weight"]
+    )
 
 
 @pytest.mark.parametrize("kwargs", [{"bn_mode": "drift"}, {"dropout": 1.0}])

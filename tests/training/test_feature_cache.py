@@ -43,8 +43,14 @@ def extractions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def folder_datamodule(folder: Path, cache: Path, image_size: int = 48) -> CrackDataModule:
     """A set-up data module over every image of `folder` (all in the test split, in scan order)."""
-    datamodule = CrackDataModule(str(folder), image_size=image_size, batch_size=4, num_workers=0,
-                                 split="all", cache_dir=str(cache))
+    datamodule = CrackDataModule(
+        str(folder),
+        image_size=image_size,
+        batch_size=4,
+        num_workers=0,
+        split="all",
+        cache_dir=str(cache),
+    )
     datamodule.setup()
     return datamodule
 
@@ -83,8 +89,9 @@ def test_cached_features_train_like_the_backbone_and_are_reused(
     for name in ("extracted", "reused"):
         for stage in ("fit", "validate", "test"):
             assert runs[name][stage] == pytest.approx(reference[stage], abs=1e-5), (name, stage)
-        torch.testing.assert_close(head_weights(tmp_path / name), head_weights(tmp_path / "images"),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            head_weights(tmp_path / name), head_weights(tmp_path / "images"), atol=1e-5, rtol=0
+        )
         # Callbacks still find the images: predictions name the same files.
         cached = read_predictions(tmp_path / name / "predictions_test.csv")
         uncached = read_predictions(tmp_path / "images" / "predictions_test.csv")
@@ -238,9 +245,23 @@ def test_compile_without_a_cpp_compiler_fails_clearly(tiny_batch, monkeypatch):
 def test_throughput_benchmark_runs_end_to_end(image_folder, tmp_path: Path):
     folder, output = image_folder(n_per_class=8, size=40), tmp_path / "throughput.json"
     result = run_entry(
-        "benchmarks/throughput.py", "--data-dir", str(folder), "--images", "16",
-        "--image-size", "32", "--batch-size", "8", "--runtimes", "eager", "--repeats", "1",
-        "--sweep-jobs", "2", "--output", str(output),
+        "benchmarks/throughput.py",
+        "--data-dir",
+        str(folder),
+        "--images",
+        "16",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--runtimes",
+        "eager",
+        "--repeats",
+        "1",
+        "--sweep-jobs",
+        "2",
+        "--output",
+        str(output),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())

@@ -27,8 +27,13 @@ from tests.conftest import PROJECT_ROOT, TINY, compose_cfg
 #: Two epochs of 4 batches (28 training images, batch 8), with random flips and dropout, so an
 #: exact resume needs the batch order, the random generators and the metric states restored.
 TWO_EPOCHS = [
-    *TINY, "trainer.max_epochs=2", "data/augmentation=flip", "model.dropout=0.5",
-    "~callbacks.evaluation_figures", "~callbacks.lr_monitor", "logger=csv",
+    *TINY,
+    "trainer.max_epochs=2",
+    "data/augmentation=flip",
+    "model.dropout=0.5",
+    "~callbacks.evaluation_figures",
+    "~callbacks.lr_monitor",
+    "logger=csv",
 ]
 SIGNAL_AT = "+callbacks.interrupt_at._target_=tests.training.interrupting.SignalAtStep"
 
@@ -38,7 +43,11 @@ def start_train(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, str(PROJECT_ROOT / "train.py"), *args],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -100,8 +109,11 @@ def test_ctrl_c_in_the_last_step_stops_after_validation_and_resumes_to_the_end(
     tiny_cfg, tmp_path: Path
 ) -> None:
     handlers_before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
-    interrupt = [SIGNAL_AT, "+callbacks.interrupt_at.step=3",
-                 "+callbacks.interrupt_at.signal_name=SIGINT"]
+    interrupt = [
+        SIGNAL_AT,
+        "+callbacks.interrupt_at.step=3",
+        "+callbacks.interrupt_at.signal_name=SIGINT",
+    ]
     with pytest.raises(SystemExit) as stopped:
         train(tiny_cfg(*interrupt))
     assert stopped.value.code == 128 + signal.SIGINT
@@ -181,7 +193,9 @@ def test_full_disk_keeps_last_checkpoint_loadable_and_says_so(
             monkeypatch.setattr(crackdet.io, "os", _DiskFullAfterHalf())
         return real_write(path, data)
 
-    monkeypatch.setattr(crackdet.training.checkpoint_io, "atomic_write_bytes", disk_full_once_last_exists)
+    monkeypatch.setattr(
+        crackdet.training.checkpoint_io, "atomic_write_bytes", disk_full_once_last_exists
+    )
     with pytest.raises(OutputError) as failed:
         train(cfg)
     message = str(failed.value)

@@ -37,7 +37,9 @@ def smoke_run(tmp_path_factory, synthetic_cache) -> tuple[Path, dict]:
     from tests.conftest import TINY, compose_cfg
 
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    cfg = compose_cfg(run_dir, [*TINY, f"paths.cache_dir={synthetic_cache}", "trainer.max_epochs=2"])
+    cfg = compose_cfg(
+        run_dir, [*TINY, f"paths.cache_dir={synthetic_cache}", "trainer.max_epochs=2"]
+    )
     return run_dir, train(cfg)
 
 
@@ -48,8 +50,16 @@ def test_run_directory_holds_every_output(smoke_run) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(results))
     assert {"fit", "validate", "test"} <= set(metrics)
-    for key in ("val/acc", "val/acc_best", "val/precision", "val/recall", "val/specificity",
-                "val/f1", "val/auroc", "train/loss"):
+    for key in (
+        "val/acc",
+        "val/acc_best",
+        "val/precision",
+        "val/recall",
+        "val/specificity",
+        "val/f1",
+        "val/auroc",
+        "train/loss",
+    ):
         assert key in metrics["fit"]
     assert metrics["test"]["test/samples"] == 6  # 15% of 40 synthetic images
 
@@ -65,7 +75,9 @@ def test_predictions_csvs_have_one_row_per_image(smoke_run) -> None:
             assert row["label"] == ("1" if "/Positive/" in row["path"] else "0")
             assert row["pred"] == ("1" if float(row["prob_crack"]) >= 0.5 else "0")
         accuracy = sum(r["label"] == r["pred"] for r in rows) / n
-        assert accuracy == pytest.approx(results["test" if stage == "test" else "validate"][f"{stage}/acc"])
+        assert accuracy == pytest.approx(
+            results["test" if stage == "test" else "validate"][f"{stage}/acc"]
+        )
 
 
 def test_tensorboard_has_loss_curve_metrics_and_confusion_matrices(smoke_run) -> None:
@@ -124,22 +136,31 @@ def test_real_images_random_backbone_well_above_chance(tiny_cfg, tmp_path: Path)
     # 2,000 real images at 64 px with a random-init frozen backbone: far from the reference's
     # ImageNet features, but a crack must still be told from concrete well above chance.
     cfg = tiny_cfg(
-        f"data.data_dir={REAL_SAMPLE}", "~data.synthetic", "data.image_size=64",
-        "data.batch_size=50", "data.split=stratified", "trainer.max_epochs=3",
-        "model.optimizer.lr=3e-3", "data.num_workers=2",
+        f"data.data_dir={REAL_SAMPLE}",
+        "~data.synthetic",
+        "data.image_size=64",
+        "data.batch_size=50",
+        "data.split=stratified",
+        "trainer.max_epochs=3",
+        "model.optimizer.lr=3e-3",
+        "data.num_workers=2",
     )
     results = train(cfg)
     assert results["test"]["test/samples"] == pytest.approx(300, abs=2)
     assert results["test"]["test/acc"] >= 0.75
 
 
-def test_optimizer_and_scheduler_are_swapped_from_the_command_line(tiny_cfg, tmp_path: Path) -> None:
+def test_optimizer_and_scheduler_are_swapped_from_the_command_line(
+    tiny_cfg, tmp_path: Path
+) -> None:
     # The README's example overrides: another optimizer, and a scheduler where there was none.
     cfg = tiny_cfg(
-        "model.optimizer._target_=torch.optim.SGD", "+model.optimizer.momentum=0.9",
+        "model.optimizer._target_=torch.optim.SGD",
+        "+model.optimizer.momentum=0.9",
         "model.scheduler={_target_: torch.optim.lr_scheduler.CosineAnnealingLR, "
         "_partial_: true, T_max: 2}",
-        "trainer.max_epochs=2", "test=false",
+        "trainer.max_epochs=2",
+        "test=false",
     )
     results = train(cfg)
     checkpoint = torch.load(results["best_checkpoint"], weights_only=True)

@@ -64,8 +64,10 @@ class EvaluationFigures(EpochOutputs):
             image = dataset[sample][0]
             images.append(denormalize(image, mean, std).permute(1, 2, 0).numpy())
             name = Path(dataset.records[sample].path).name
-            titles.append(f"{name}\ntrue {CLASS_NAMES[int(labels[position])]}, "
-                          f"p(crack)={float(probs[position]):.3f}")
+            titles.append(
+                f"{name}\ntrue {CLASS_NAMES[int(labels[position])]}, "
+                f"p(crack)={float(probs[position]):.3f}"
+            )
         fig = image_grid_figure(images, titles, title=f"{stage}: most confident mistakes")
         writer.add_figure(f"{stage}/misclassified", fig, global_step=step)
         plt.close(fig)

@@ -57,7 +57,9 @@ class EpochOutputs(L.Callback):
         """Called on rank zero with every sample of the epoch, sorted by dataset index."""
         raise NotImplementedError
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ):
         self._collect("val", trainer, outputs)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):

@@ -28,8 +28,9 @@ class PredictionsWriter(EpochOutputs):
         preds = decisions(probs, self.threshold)
         rows = (
             (paths[i], int(y), f"{p:.6f}", int(k))
-            for i, y, p, k in zip(idx.tolist(), labels.tolist(), probs.tolist(), preds.tolist(),
-                                  strict=True)
+            for i, y, p, k in zip(
+                idx.tolist(), labels.tolist(), probs.tolist(), preds.tolist(), strict=True
+            )
         )
         write_csv(self.output_dir / f"predictions_{stage}.csv", PREDICTION_COLUMNS, rows)
 
@@ -44,4 +45,3 @@ def read_predictions(path: str | Path) -> dict[str, torch.Tensor | list[str]]:
         "prob_crack": torch.tensor([float(r["prob_crack"]) for r in rows]),
         "pred": torch.tensor([int(r["pred"]) for r in rows]),
     }
-

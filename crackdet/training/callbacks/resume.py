@@ -55,7 +55,9 @@ class InterruptCheckpoint(L.Callback):
     or when training ends. A second signal stops at once, without saving.
     """
 
-    def __init__(self, dirpath: str | Path, filename: str = "interrupted", script: str = "train.py"):
+    def __init__(
+        self, dirpath: str | Path, filename: str = "interrupted", script: str = "train.py"
+    ):
         self.dirpath = Path(dirpath)
         self.filename = filename
         self.script = script
@@ -109,7 +111,11 @@ class InterruptCheckpoint(L.Callback):
             raise TrainingInterrupted(self.received or signal.SIGTERM)
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
         batch_idx: int,
     ) -> None:
         """Stop here when a signal arrived during this step, unless it ends the epoch."""
