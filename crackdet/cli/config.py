@@ -26,8 +26,17 @@ def optuna_sampler_seed(seed: int | None, storage: Any, study_name: str | None) 
     return int(seed) + next((s.n_trials for s in summaries if s.study_name == study_name), 0)
 
 
+def backbone_preprocessing(field: str, backbone: str, weights: str | None) -> Any:
+    """`image_size`, `mean` or `std` of the backbone's weights (crackdet.models.backbone)."""
+    from crackdet.models.backbone import preprocessing
+
+    value = getattr(preprocessing(backbone, weights), field)
+    return list(value) if isinstance(value, tuple) else value
+
+
 def register_resolvers() -> None:
-    """Make `${project_root:}` and `${optuna_sampler_seed:...}` available to the configs.
+    """Make `${project_root:}`, `${optuna_sampler_seed:...}` and `${backbone_preprocessing:...}`
+    available to the configs.
 
     Safe to call more than once.
     """
@@ -35,6 +44,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("optuna_sampler_seed"):
         OmegaConf.register_new_resolver("optuna_sampler_seed", optuna_sampler_seed)
+    if not OmegaConf.has_resolver("backbone_preprocessing"):
+        OmegaConf.register_new_resolver("backbone_preprocessing", backbone_preprocessing)
 
 
 def run_settings(cfg: DictConfig) -> dict[str, Any]:

@@ -28,7 +28,8 @@ from crackdet.data.scan import check_data_dir
 from crackdet.data.splits import check_fractions
 from crackdet.errors import ConfigError, write_failure_reason
 from crackdet.evaluation.threshold import check_target_recall
-from crackdet.models.backbone import resolve_weights
+from crackdet.models.backbone import DEFAULT_BACKBONE, resolve_weights
+from crackdet.models.trainable import check_trainable
 
 
 def _is_number(value: Any, integer: bool = False) -> bool:
@@ -111,7 +112,17 @@ def _check_data(data: DictConfig) -> None:
 
 
 def _check_model(model: DictConfig) -> None:
-    resolve_weights(model.get("weights"))
+    # Before the data settings: their defaults are read from this backbone's weights.
+    resolve_weights(model.get("weights"), model.get("backbone", DEFAULT_BACKBONE))
+    check_trainable(model.get("trainable", "head"))
+    backbone_lr = model.get("backbone_lr")
+    if backbone_lr is not None:
+        _require(
+            _is_number(backbone_lr) and backbone_lr > 0,
+            "model.backbone_lr",
+            backbone_lr,
+            "must be a number above 0 (or null for the optimizer's lr), e.g. 1e-4.",
+        )
     num_classes = model.get("num_classes", 2)
     _require(
         num_classes == 2,
@@ -210,8 +221,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     """Check the settings of a training config before any work starts; raise on the first mistake."""
     _check_outputs(cfg)
     _check_run(cfg)
-    _check_data(cfg.data)
     _check_model(cfg.model)
+    _check_data(cfg.data)
     _check_trainer(cfg.trainer)
 
 

@@ -1,6 +1,6 @@
 """Backbone features computed once per data set and backbone, kept on disk, served as datasets.
 
-With a frozen backbone in eval mode and deterministic preprocessing, an image's 512 features never
+With a frozen backbone in eval mode and deterministic preprocessing, an image's features never
 change. They are extracted once into `<cache_dir>/features/<key>.pt`; later epochs, every job of a
 sweep and every Optuna trial then train the head on them in seconds. The key covers everything the
 features depend on, so a changed input gives a new file, never a stale one.
@@ -43,7 +43,6 @@ from crackdet.data.scan import ImageRecord
 from crackdet.data.transforms import eval_transform
 from crackdet.errors import ConfigError, DataError
 from crackdet.io import atomic_write_bytes
-from crackdet.models.backbone import FEATURE_DIM
 from crackdet.models.runtime import FeatureFn, build_feature_extractor
 
 log = logging.getLogger(__name__)
@@ -72,8 +71,11 @@ def usage_problem(datamodule: CrackDataModule, model: L.LightningModule) -> str 
     hparams = model.hparams
     if datamodule.feature_cache == "off":
         return "data.feature_cache=off"
-    if not hparams.get("freeze_backbone", False):
-        return "model.freeze_backbone=false: the backbone is trained, so its features change"
+    if hparams.get("trainable", "head") != "head":
+        return (
+            f"model.trainable={hparams.get('trainable')}: backbone weights train, so its "
+            "features change"
+        )
     if hparams.get("bn_mode") != "frozen":
         return (
             f"model.bn_mode={hparams.get('bn_mode')}: BatchNorm statistics change at every "
@@ -142,7 +144,7 @@ def read_cache(path: Path, key: str, count: int) -> torch.Tensor | None:
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
         features = stored["features"]
-        if stored["key"] != key or tuple(features.shape) != (count, FEATURE_DIM):
+        if stored["key"] != key or features.ndim != 2 or len(features) != count:
             raise ValueError(f"it holds other features (shape {tuple(features.shape)})")
         if stored["checksum"] != _checksum(features):
             raise ValueError("its contents do not match their checksum")
@@ -190,7 +192,7 @@ def extract_features(
     """Features of `records`' images; DataLoader workers decode and resize while the backbone runs."""
     transform = eval_transform(datamodule.image_size, datamodule.mean, datamodule.std)
     dataset = ImageRecordDataset(records, transform)
-    features = torch.empty(len(dataset), FEATURE_DIM)
+    features: torch.Tensor | None = None
     workers = datamodule.num_workers
     if device is None or device.type == "cpu":
         # On a CPU the backbone costs ~20x more per image than decoding it (about 21 ms against
@@ -214,9 +216,13 @@ def extract_features(
     with Progress(*columns, disable=not show_progress) as progress:
         task = progress.add_task("Extracting backbone features", total=len(dataset))
         for images, _, index in loader:
-            features[index] = extract(images).float().cpu()
+            batch = extract(images).float().cpu()
+            if features is None:  # the width is the backbone's (512 for resnet18)
+                features = torch.empty(len(dataset), batch.shape[1])
+            features[index] = batch
             progress.advance(task, len(index))
-    return features
+    # No images (a rank's empty share): a width of 0 that _gather pads to rank 0's.
+    return torch.empty(0, 0) if features is None else features
 
 
 def _extractor(
@@ -246,10 +252,11 @@ def _extractor(
 def _gather(local: torch.Tensor, total: int, trainer: L.Trainer) -> torch.Tensor:
     """Every rank's share (rank r holds rows r, r+world, ...) merged back into one tensor."""
     world = trainer.world_size
-    padded = torch.zeros(-(-total // world), FEATURE_DIM, device=trainer.strategy.root_device)
+    width = trainer.strategy.broadcast(local.shape[1])
+    padded = torch.zeros(-(-total // world), width, device=trainer.strategy.root_device)
     padded[: len(local)] = local.to(padded.device)
     gathered = trainer.strategy.all_gather(padded).cpu()
-    features = torch.empty(total, FEATURE_DIM)
+    features = torch.empty(total, width)
     for rank in range(world):
         share = features[rank::world]
         share.copy_(gathered[rank, : len(share)])
