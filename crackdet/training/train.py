@@ -19,6 +19,7 @@ from crackdet.cli.validation import validate_train_config
 from crackdet.errors import ConfigError
 from crackdet.evaluation.threshold import stored_operating_point
 from crackdet.io import write_json
+from crackdet.training.callbacks.cost import training_cost
 from crackdet.training.feature_cache import FeatureCache
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         results["fit"] = _scalars(trainer.callback_metrics)
+        results["cost"] = training_cost(trainer)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         results["best_checkpoint"] = best or None
         if best:
