@@ -242,9 +242,8 @@ def test_backbone_finetuning_unfreezes_the_backbone_at_its_epoch(tiny_cfg, tmp_p
         train(refused)
     cfg = tiny_cfg(*base, "model.trainable=all", "trainer.max_epochs=2")
     results = train(cfg)
-    after = backbone_tensors(
-        torch.load(results["best_checkpoint"], weights_only=True)["state_dict"]
-    )
+    last = Path(results["output_dir"]) / "checkpoints" / "last.ckpt"  # best may be epoch 0's
+    after = backbone_tensors(torch.load(last, weights_only=True)["state_dict"])
     initial = torch.load(weights, weights_only=True)
     convs = [k for k in after if k.endswith("conv1.weight")]
     assert convs and all(not torch.equal(after[k], initial[k]) for k in convs)
@@ -262,3 +261,13 @@ def test_backbone_finetuning_unfreezes_the_backbone_at_its_epoch(tiny_cfg, tmp_p
     assert results["cost"]["trainable_parameters"] == backbone - bn_affine + 512 * 2 + 2
     assert results["cost"]["cached_features"] is False
     assert json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["cost"]
+
+
+def test_grad_cam_uses_the_last_block_of_any_tested_backbone() -> None:
+    from crackdet.evaluation.analysis import gradcam_maps
+
+    torch.manual_seed(0)
+    model = CrackClassifier(weights=None, backbone="mobilenet_v3_large").eval()
+    maps = gradcam_maps(model, torch.rand(2, 3, 64, 64))
+    assert maps.shape == (2, 64, 64) and maps.max() <= 1 and maps.min() >= 0
+    assert maps.std() > 0  # a map, not a constant
