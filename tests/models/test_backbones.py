@@ -250,15 +250,10 @@ def test_backbone_finetuning_unfreezes_the_backbone_at_its_epoch(tiny_cfg, tmp_p
     # bn_mode=frozen: BatchNorm statistics stay as loaded although the backbone trained.
     running = [k for k in after if k.endswith("running_mean")]
     assert running and all(torch.equal(after[k], initial[k]) for k in running)
+    # After unfreezing everything is in the optimizer (Lightning leaves BatchNorm weights
+    # trainable throughout, in the backbone's group).
     net = CrackNet(weights=None)
-    bn_affine = sum(
-        p.numel()
-        for m in net.backbone.modules()
-        if isinstance(m, torch.nn.BatchNorm2d)
-        for p in m.parameters()
-    )
-    backbone = sum(p.numel() for p in net.backbone.parameters())
-    assert results["cost"]["trainable_parameters"] == backbone - bn_affine + 512 * 2 + 2
+    assert results["cost"]["trainable_parameters"] == sum(p.numel() for p in net.parameters())
     assert results["cost"]["cached_features"] is False
     assert json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["cost"]
 
