@@ -18,6 +18,11 @@ def accuracy_metric(rows: Sequence[Mapping[str, Any]]) -> str:
     return "test/acc" if has_test else "val/acc"
 
 
+def _short(overrides: Sequence[str]) -> str:
+    """`model.backbone=resnet50 model.trainable=head` -> `backbone=resnet50 trainable=head`."""
+    return " ".join(o.removeprefix("model.") for o in overrides)
+
+
 def plot_accuracy_vs_speed(
     rows: Sequence[Mapping[str, Any]], labels: Sequence[Sequence[str]], sweep_dir: Path
 ) -> Path | None:
@@ -29,7 +34,7 @@ def plot_accuracy_vs_speed(
     """
     metric = accuracy_metric(rows)
     points = [
-        (r["cost"]["train_images_per_s"], r["metrics"][metric], " ".join(label), r["cost"])
+        (r["cost"]["train_images_per_s"], r["metrics"][metric], _short(label), r["cost"])
         for r, label in zip(rows, labels, strict=True)
         if r["status"] == "ok"
         and (r.get("cost") or {}).get("train_images_per_s")
@@ -51,6 +56,7 @@ def plot_accuracy_vs_speed(
             textcoords="offset points",
         )
     ax.set_xscale("log")
+    ax.margins(x=0.25, y=0.1)  # room for the labels
     ax.set(
         xlabel="training images/s (measured, log scale)",
         ylabel=f"{metric} (best checkpoint, {metric.split('/')[0]} split)",
