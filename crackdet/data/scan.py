@@ -10,13 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crackdet.data.classes import CLASS_LABELS
 from crackdet.data.images import decode_rgb, visible_files
 from crackdet.errors import DataError
 from crackdet.io import atomic_write_text
-
-#: Label of each key of `data.classes`: crack is the positive class.
-CLASS_LABELS = {"negative": 0, "positive": 1}
-CLASS_NAMES = ("no crack", "crack")
 
 # Files that operating systems and tools leave in image folders; never data, never an error.
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini"}

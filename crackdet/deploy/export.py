@@ -23,8 +23,8 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
+from crackdet.data.classes import CLASS_NAMES
 from crackdet.data.images import load_rgb
-from crackdet.data.scan import CLASS_NAMES
 from crackdet.deploy.inference import (
     LoadedCheckpoint,
     find_images,
