@@ -431,6 +431,37 @@ def test_a_broken_archive_from_an_earlier_run_is_fetched_again(server, tmp_path,
     assert "unusable" in capsys.readouterr().err
 
 
+def test_a_second_download_into_the_same_folder_waits_for_the_first(server, tmp_path, monkeypatch):
+    from filelock import FileLock
+
+    from crackdet.data.download import dataset
+
+    server.files["/ds.zip"] = dataset_zip()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    waiting = threading.Event()
+
+    def log(message: str) -> None:
+        if "Another download" in message:
+            waiting.set()
+
+    monkeypatch.setattr(dataset, "log", log)
+    first = FileLock(dest / dataset.LOCK_NAME)
+    first.acquire()
+    second = threading.Thread(
+        target=dl.fetch_dataset, args=(dest,), kwargs={"url": server.url("/ds.zip")}
+    )
+    second.start()
+    try:
+        assert waiting.wait(timeout=30)
+        assert server.requests == []  # nothing fetched while the first holds the folder
+    finally:
+        first.release()
+        second.join(timeout=60)
+    _assert_dataset(dest)
+    assert len(server.requests) == 1
+
+
 # ----------------------------------------------------------------------------- 8. CLI
 
 
