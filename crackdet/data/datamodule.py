@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
 from crackdet.data.dataset import ImageRecordDataset
@@ -17,6 +18,7 @@ from crackdet.data.manifest import (
     STATE_KEY,
     ManifestMatch,
     SplitManifest,
+    differences,
     match_folder,
 )
 from crackdet.data.resumable import ResumableDataLoader, ResumableSampler
@@ -40,6 +42,8 @@ from crackdet.data.transforms import (
 from crackdet.distributed import eval_sampler
 from crackdet.errors import ConfigError, DataError
 from crackdet.io import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 SPLIT_MODES = ("seed", "stratified", "all")
 
@@ -219,8 +223,8 @@ class CrackDataModule(L.LightningDataModule):
                 f"Followed {scan.links_followed} symbolic link(s) below the class folders of "
                 f"{self.data_dir}: the files they point to are read as images."
             )
-        if scan.repeated_folders:
-            rank_zero_warn(
+        if scan.repeated_folders and rank_zero_only.rank == 0:
+            log.warning(
                 f"{len(scan.repeated_folders)} symbolic link(s) lead to a folder already listed "
                 "(a loop, or a second link to it); its images are counted once: "
                 + ", ".join(shown(p) for p in scan.repeated_folders[:5])
@@ -228,17 +232,17 @@ class CrackDataModule(L.LightningDataModule):
 
     def _write_manifest(self, path: Path) -> None:
         # Every process checks an existing manifest (so all of them stop together); rank 0 writes.
-        text = self.manifest.csv_text()
         if path.is_file():
-            if path.read_text(encoding="utf-8") == text:
+            changes = differences(SplitManifest.read_csv(path), self.manifest)
+            if not changes:
                 return  # resuming in the run directory, on the same images
             raise DataError(
-                f"{path} records another split than {self.data_dir} gives now: the images changed "
-                "since this run started. Restore them as listed there, or start a new run (leave "
-                "hydra.run.dir unset); the manifest of a run is never overwritten."
+                f"{path} records another split than {self.data_dir} gives now: {changes}. "
+                "Restore the images as listed there, or start a new run (leave hydra.run.dir "
+                "unset); the manifest of a run is never overwritten."
             )
         if rank_zero_only.rank == 0:
-            atomic_write_text(path, text)
+            atomic_write_text(path, self.manifest.csv_text())
             rank_zero_info(f"Split manifest: {path} ({len(self.manifest.entries)} images).")
 
     def state_dict(self) -> dict[str, Any]:
@@ -250,17 +254,12 @@ class CrackDataModule(L.LightningDataModule):
         recorded = state_dict.get(STATE_KEY)
         if not recorded or self.manifest is None or self.given_manifest is not None:
             return
-        then = set(SplitManifest.from_state(recorded).entries)
-        now = set(self.manifest.entries)
-        if then != now:
-            differ = sorted({e.path for e in then ^ now})
+        changes = differences(SplitManifest.from_state(recorded), self.manifest)
+        if changes:
             raise DataError(
-                f"The checkpoint was trained on another split of the images than "
-                f"data.data_dir={self.data_dir} gives now: {len(differ)} image(s) were added, "
-                f"removed, changed or moved to another split, e.g. "
-                + ", ".join(shown(p) for p in differ[:5])
-                + ". Restore the folder as the run's split_manifest.csv lists it, or start a "
-                "new run."
+                "The checkpoint was trained on another split of the images than "
+                f"data.data_dir={self.data_dir} gives now: {changes}. Restore the folder as the "
+                "run's split_manifest.csv lists it, or start a new run."
             )
 
     def _handle_bad_files(self, bad_files: list[tuple[str, str]]) -> None:

@@ -121,6 +121,31 @@ class SplitManifest:
         return cls(tuple(entries), str(path))
 
 
+def differences(then: SplitManifest, now: SplitManifest) -> str:
+    """What changed from one manifest to another ("" when nothing): counts and first names."""
+    before = {e.path: e for e in then.entries}
+    after = {e.path: e for e in now.entries}
+    kinds = {
+        "removed": sorted(before.keys() - after.keys()),
+        "added": sorted(after.keys() - before.keys()),
+        "changed": sorted(
+            p
+            for p in before.keys() & after.keys()
+            if (before[p].fingerprint, before[p].label) != (after[p].fingerprint, after[p].label)
+        ),
+        "in another split": sorted(
+            p for p in before.keys() & after.keys() if before[p].split != after[p].split
+        ),
+    }
+    return "; ".join(
+        f"{len(paths)} {kind} ("
+        + ", ".join(shown(p) for p in paths[:_LISTED])
+        + (" ...)" if len(paths) > _LISTED else ")")
+        for kind, paths in kinds.items()
+        if paths
+    )
+
+
 def _check_fingerprint(name: str | None, source: str) -> None:
     if name != FINGERPRINT:
         raise DataError(

@@ -116,15 +116,16 @@ def _walk(top: Path, found: _Walk) -> Iterator[Path]:
                     (str(path), f"broken symbolic link to {os.readlink(path)} ({exc.strerror})")
                 )
                 continue
-            found.links += link
             if stat.S_ISDIR(info.st_mode):
                 key = (info.st_dev, info.st_ino)
                 if key in entered:
                     found.repeated.append(str(path))
-                else:
-                    entered.add(key)
-                    pending.append(path)
+                    continue
+                entered.add(key)
+                pending.append(path)
+                found.links += link
             elif stat.S_ISREG(info.st_mode):
+                found.links += link
                 yield path
             else:
                 found.dangling.append((str(path), "not a regular file (a device, FIFO or socket)"))
@@ -200,7 +201,7 @@ def _check_each_file_once(files: Sequence[tuple[Path, int]]) -> None:
     for path, _ in files:
         paths_of[os.path.realpath(path)].append(path)
     twice = [
-        f"{real} as " + " and ".join(shown(p) for p in paths)
+        " and ".join(shown(p) for p in paths) + f" are one file ({shown(real)})"
         for real, paths in paths_of.items()
         if len(paths) > 1
     ]
