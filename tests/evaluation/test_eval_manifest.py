@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import torch
 from crackdet.data.manifest import MANIFEST_NAME, SplitManifest, manifest_of_checkpoint
 from crackdet.errors import DataError
 from crackdet.evaluation.evaluate import evaluate
-from tests.conftest import compose_cfg
+from crackdet.training.train import train
+from tests.conftest import REAL_SAMPLE, compose_cfg, needs_real_sample, run_entry
 
 
 def _evaluate(out: Path, ckpt: Path, *overrides: str) -> dict:
@@ -109,3 +111,65 @@ def test_a_checkpoint_without_manifest_warns_that_the_split_is_rebuilt(
     shutil.copy(trained_run / MANIFEST_NAME, old.parent.parent / MANIFEST_NAME)
     results = _evaluate(tmp_path / "eval2", old)
     assert results["images"]["manifest"] == str(old.parent.parent / MANIFEST_NAME)
+
+
+@pytest.mark.slow
+@needs_real_sample
+def test_real_sample_eval_reports_exactly_the_runs_test_images_after_the_folder_changed(
+    tmp_path: Path,
+) -> None:
+    pool = {c: sorted((REAL_SAMPLE / c).glob("*.jpg")) for c in ("Positive", "Negative")}
+    data = tmp_path / "data"
+    for cls, files in pool.items():
+        (data / cls).mkdir(parents=True)
+        for path in files[:150]:
+            shutil.copy2(path, data / cls / path.name)
+    run = tmp_path / "run"
+    train(
+        compose_cfg(
+            run,
+            [
+                f"data.data_dir={data}",
+                "data.split=stratified",
+                "model.weights=null",
+                "data.image_size=48",
+                "data.batch_size=50",
+                "data.num_workers=0",
+                "trainer=cpu",
+                "trainer.max_epochs=1",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+                "~callbacks.rich_progress_bar",
+                "~callbacks.rich_model_summary",
+            ],
+        )
+    )
+    tested = _paths(run / "predictions_test.csv", data)
+    assert tested == [e.path for e in SplitManifest.read_csv(run / MANIFEST_NAME).split("test")]
+
+    # 40 more images, and one test image replaced by another photo of the same size and mtime.
+    for cls, files in pool.items():
+        for path in files[150:170]:
+            shutil.copy2(path, data / cls / path.name)
+    replaced = data / tested[0]
+    size, stat = replaced.stat().st_size, replaced.stat()
+    other = next(p for p in pool["Negative"][170:] if p.stat().st_size <= size)
+    replaced.write_bytes(other.read_bytes().ljust(size, b"\0"))  # bytes after the JPEG end: ignored
+    os.utime(replaced, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert replaced.stat().st_size == size and replaced.stat().st_mtime_ns == stat.st_mtime_ns
+
+    eval_args = [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", "data.num_workers=0"]
+    refused = run_entry("eval.py", *eval_args, f"hydra.run.dir={tmp_path / 'eval_refused'}")
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert f"1 changed: {tested[0]} (different content)" in refused.stdout + refused.stderr
+
+    out = tmp_path / "eval"
+    done = run_entry("eval.py", *eval_args, "eval.on_mismatch=skip", f"hydra.run.dir={out}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _paths(out / "predictions.csv", data) == tested[1:]
+    images = json.loads((out / "metrics.json").read_text())["images"]
+    assert (images["evaluated"], images["changed"], images["not_in_manifest"]) == (
+        len(tested) - 1,
+        1,
+        40,
+    )
+    assert "40 file(s) in" in done.stdout + done.stderr
