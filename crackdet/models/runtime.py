@@ -16,7 +16,7 @@ from crackdet.errors import ConfigError
 
 RUNTIMES = ("eager", "compile", "onnxruntime")
 
-#: A batch of normalised images (N, 3, H, W) -> features (N, 512), without autograd.
+#: A batch of normalised images (N, 3, H, W) -> features (N, feature width), without autograd.
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
 
