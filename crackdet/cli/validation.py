@@ -1,7 +1,7 @@
 """Start-up checks of a config: every mistake is reported at once, before anything is written.
 
-`SETTING_RULES` is one table of what each numeric or enum setting must be; `check_settings(cfg)`
-applies it to any entry point's config. `validate_train_config(cfg)` adds the training checks
+`SETTING_RULES` is one table of what each numeric or enum setting of a training config must be;
+`check_settings(cfg)` applies it. `validate_train_config(cfg)` adds the training checks
 that look at files (data folder, weights, checkpoint, run folders) and the settings that depend on
 each other, and raises one ConfigError listing every problem (a single problem keeps its own
 type: DataError, WeightsError). `OutputDirCheck`, a Hydra callback, runs them before Hydra
@@ -19,12 +19,14 @@ import logging
 import os
 import sys
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -103,7 +105,9 @@ PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-t
 LEGACY_PRECISIONS = (16, 32, 64, "16", "32", "64", "bf16")
 _BATCH_LIMIT = integer(0) | number(0.0, 1.0) | NULL
 
-#: What every numeric or enum setting must be. A key absent from the config is not checked.
+#: What every numeric or enum setting of train.py must be. A key absent from the config is not
+#: checked. (eval.py and predict.py give some of these keys other meanings, e.g. null = "as the
+#: checkpoint recorded", and check them where they are used.)
 SETTING_RULES: dict[str, Rule] = {
     "seed": integer() | NULL,
     "data.image_size": integer(32),
@@ -129,7 +133,9 @@ SETTING_RULES: dict[str, Rule] = {
     "trainer.precision": Rule(
         one_of(*PRECISIONS).must_be, one_of(*PRECISIONS, *LEGACY_PRECISIONS).accepts
     ),
-    "trainer.accelerator": one_of("auto", *sorted(AcceleratorRegistry.available_accelerators())),
+    "trainer.accelerator": one_of(
+        "auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())
+    ),
     "trainer.devices": integer(1)
     | Rule("-1 (all)", lambda v: v == -1)
     | one_of("auto")
@@ -244,10 +250,15 @@ def check_resume_checkpoint(ckpt_path: str) -> None:
     )
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path} is not a file. {fix}")
+    if not zipfile.is_zipfile(path):  # what torch.save writes; truncated archives fail too
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} is not a checkpoint file (empty, truncated or another kind "
+            f"of file: not the archive torch.save writes). {fix}"
+        )
     try:
         # mmap: only the index of the archive is read, however large the checkpoint.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # truncated, empty, text or foreign files all fail here
+    except Exception as exc:  # a damaged archive or a pickle of foreign objects
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(
             f"ckpt_path={ckpt_path} cannot be read as a checkpoint ({type(exc).__name__}: "
@@ -320,11 +331,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     raise_problems(start_problems(cfg))
 
 
-def _validate_any_config(cfg: DictConfig) -> None:
-    raise_problems([ConfigError(p) for p in check_settings(cfg)])
-
-
-#: The start-up checks of each entry point (by task_name); others check SETTING_RULES only.
+#: The start-up checks of each entry point (by task_name) that the Hydra callback runs.
 START_CHECKS: dict[str, Callable[[DictConfig], None]] = {"train": validate_train_config}
 
 
@@ -341,9 +348,13 @@ def _stop_on_error(check: Callable[[], Any]) -> None:
 
 
 def _with_run_dir(config: DictConfig) -> DictConfig:
-    """`config` with hydra.runtime.output_dir set to the run folder, as Hydra sets it next."""
+    """`config` with hydra.runtime.output_dir set to the run folder, as Hydra sets it next.
+
+    Also makes `${hydra:...}` resolvable, which Hydra only does once the job starts.
+    """
     with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
         config.hydra.runtime.output_dir = os.path.abspath(str(config.hydra.run.dir))
+    HydraConfig.instance().set_config(config)
     return config
 
 
@@ -368,10 +379,11 @@ class OutputDirCheck(Callback):
         _stop_on_error(
             lambda: check_writable_dir(config.hydra.run.dir, "hydra.run.dir", _run_dir_fix(config))
         )
-        check = START_CHECKS.get(str(config.get("task_name")), _validate_any_config)
-        _stop_on_error(lambda: check(_with_run_dir(config)))
         if process_rank() == 0:  # DDP children work in their parent's folder
             record_start(config.hydra.run.dir)
+        check = START_CHECKS.get(str(config.get("task_name")))
+        if check is not None:
+            _stop_on_error(lambda: check(_with_run_dir(config)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Check hydra.sweep.dir (writable, not holding an earlier sweep) and the settings."""
@@ -379,6 +391,7 @@ class OutputDirCheck(Callback):
         _stop_on_error(
             lambda: check_writable_dir(sweep_dir, "hydra.sweep.dir", _run_dir_fix(config))
         )
-        problems = [ConfigError(p) for p in check_settings(config)]
+        checked = str(config.get("task_name")) in START_CHECKS
+        problems = [ConfigError(p) for p in check_settings(config)] if checked else []
         reused = reused_sweep_problem(sweep_dir)
         _stop_on_error(lambda: raise_problems([*problems, *([reused] if reused else [])]))
