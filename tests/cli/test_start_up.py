@@ -148,10 +148,10 @@ def wait(process: subprocess.Popen) -> tuple[int, str]:
     return process.returncode, output
 
 
-def start(*args: str) -> subprocess.Popen:
-    """Start `python train.py <args>` (in the background, so several start at once)."""
+def start(*args: str, script: str = "train.py") -> subprocess.Popen:
+    """Start `python <script> <args>` (in the background, so several start at once)."""
     return subprocess.Popen(
-        [sys.executable, str(PROJECT_ROOT / "train.py"), *args],
+        [sys.executable, str(PROJECT_ROOT / script), *args],
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -203,6 +203,9 @@ def test_failed_starts_through_train_py_leave_every_folder_as_it_was(tmp_path: P
             f"data.data_dir={empty_data}",
         ),
         "earlier run": start(*tiny, f"hydra.run.dir={earlier}", f"paths.log_dir={outputs}"),
+        "eval, no checkpoint": start(
+            f"ckpt_path={tmp_path / 'missing.ckpt'}", f"paths.log_dir={outputs}", script="eval.py"
+        ),
         "reused sweep": start("-m", *tiny, f"hydra.sweep.dir={sweep}", "seed=1,2"),
     }
     results = {name: wait(process) for name, process in started.items()}
