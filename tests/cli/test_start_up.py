@@ -7,10 +7,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from crackdet.cli.config import compose_config
 from crackdet.cli.run_dir import RunDirRecord
-from crackdet.cli.validation import check_settings, reused_sweep_problem, validate_train_config
+from crackdet.cli.validation import (
+    check_resume_checkpoint,
+    check_settings,
+    reused_sweep_problem,
+    validate_train_config,
+)
 from crackdet.errors import ConfigError
 from tests.conftest import PROJECT_ROOT
 
@@ -77,12 +83,22 @@ def test_every_problem_is_reported_at_once(tiny_cfg, tmp_path: Path) -> None:
     assert "is not a checkpoint file" in message
 
 
-def test_a_plain_state_dict_is_no_checkpoint_to_resume(tiny_cfg, tmp_path: Path) -> None:
-    import torch
-
+def test_a_plain_state_dict_is_no_checkpoint_to_resume(tmp_path: Path) -> None:
     torch.save({"weight": torch.zeros(2)}, tmp_path / "weights.pt")
     with pytest.raises(ConfigError, match="is not a training checkpoint"):
-        validate_train_config(tiny_cfg(f"ckpt_path={tmp_path / 'weights.pt'}"))
+        check_resume_checkpoint(str(tmp_path / "weights.pt"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "text"])
+def test_a_damaged_checkpoint_is_named(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}, "loops": {}}, path)
+    check_resume_checkpoint(str(path))  # whole, it passes
+    whole = path.read_bytes()
+    damaged = {"truncated": whole[: len(whole) // 2], "empty": b"", "text": b"epoch=3\n"}
+    path.write_bytes(damaged[damage])
+    with pytest.raises(ConfigError, match=f"ckpt_path={path} is not a checkpoint file"):
+        check_resume_checkpoint(str(path))
 
 
 def fake_start(run_dir: Path) -> None:
