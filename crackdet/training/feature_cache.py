@@ -119,8 +119,7 @@ def module_digest(module: nn.Module) -> str:
 
 
 def _file_fingerprint(path: str) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+    return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
 
 
 def image_fingerprints(records: Sequence[ImageRecord]) -> list[str]:

@@ -28,7 +28,7 @@ from crackdet.models.runtime import build_feature_extractor
 from crackdet.training.callbacks.predictions import read_predictions
 from crackdet.training.feature_cache import cached_features, usage_problem
 from crackdet.training.train import train
-from tests.conftest import run_entry
+from tests.conftest import TINY, compose_cfg, run_entry
 
 
 @pytest.fixture
@@ -342,3 +342,78 @@ def test_throughput_benchmark_runs_end_to_end(image_folder, tmp_path: Path):
     assert report["epochs"]["cold_epoch_s"] > 0 and report["epochs"]["warm_epoch_s"] > 0
     assert report["peak_memory_mb"]["process"] > 0
     assert "crackdet throughput" in result.stdout
+
+
+FAULT = "+callbacks.fault._target_=tests.training.extraction_faults."
+
+
+def stored_features(cache: Path) -> dict[str, torch.Tensor]:
+    """Every feature row kept in a cache folder, by image fingerprint."""
+    (folder,) = (p for p in (cache / "features").iterdir() if p.is_dir())
+    return features.FeatureStore(folder, folder.name).read()
+
+
+@pytest.mark.slow
+def test_sigterm_during_extraction_stops_keeps_features_and_the_rerun_ends_the_same(
+    tmp_path: Path, synthetic_cache: Path
+):
+    data = f"data.data_dir={synthetic_cache / 'synthetic' / 'n20_s48_seed0'}"
+    reference = [*TINY, data, f"paths.cache_dir={tmp_path / 'reference-cache'}"]
+    train(compose_cfg(tmp_path / "reference", reference))
+    run = [
+        *TINY,
+        data,
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    # 40 images in batches of 8: the signal arrives while the second batch is computed.
+    stopped = run_entry(
+        "train.py", *run, f"{FAULT}SignalDuringExtraction", "+callbacks.fault.batch=2"
+    )
+    output = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "the features of 16 of 40 images are saved in" in output
+    assert "Traceback" not in output and not (tmp_path / "run" / "metrics.json").exists()
+    assert len(stored_features(tmp_path / "cache")) == 16
+
+    rerun = run_entry("train.py", *run)
+    output = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, output[-3000:]
+    assert "Extracting features of 24 of 40 images" in output
+    resumed, uninterrupted = (
+        stored_features(tmp_path / "cache"),
+        stored_features(tmp_path / "reference-cache"),
+    )
+    assert resumed.keys() == uninterrupted.keys()
+    for fingerprint, row in uninterrupted.items():
+        torch.testing.assert_close(resumed[fingerprint], row, atol=1e-5, rtol=0)
+    metrics = [
+        json.loads((d / "metrics.json").read_text())
+        for d in (tmp_path / "run", tmp_path / "reference")
+    ]
+    for section in ("fit", "validate", "test"):
+        assert metrics[0].get(section) == pytest.approx(metrics[1].get(section), abs=1e-6), section
+
+
+@pytest.mark.slow
+def test_a_cache_write_failing_on_rank_0_stops_every_ddp_process_with_the_error(
+    tmp_path: Path, synthetic_cache: Path
+):
+    result = run_entry(
+        "train.py",
+        *TINY,
+        f"data.data_dir={synthetic_cache / 'synthetic' / 'n20_s48_seed0'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "trainer=ddp_cpu",
+        # A hang would end in a collective timing out after a minute, with a traceback.
+        "+trainer.strategy.timeout._target_=datetime.timedelta",
+        "+trainer.strategy.timeout.seconds=60",
+        f"{FAULT}FailCacheWrite",
+        timeout=400,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert "Cannot keep backbone features in paths.cache_dir" in output  # rank 0's own error
+    assert "Process 0 of 2 failed, so all stop: Cannot keep backbone features" in output  # rank 1
+    assert "Traceback" not in output
