@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -119,7 +119,14 @@ def module_digest(module: nn.Module) -> str:
 
 
 def _file_fingerprint(path: str) -> str:
-    return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(
+            f"Cannot read {path} ({type(exc).__name__}: {exc}): it changed after the data "
+            "folder was checked; restore it, or remove it and run again."
+        ) from exc
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def image_fingerprints(records: Sequence[ImageRecord]) -> list[str]:
@@ -197,8 +204,14 @@ class FeatureStore:
                     type(exc).__name__,
                     exc,
                 )
-                path.unlink(missing_ok=True)
+                with suppress(OSError):  # a read-only cache: the warning comes again next time
+                    path.unlink(missing_ok=True)
         return rows
+
+    def clear(self) -> None:
+        """Forget every stored feature of this setting (data.feature_cache=rebuild)."""
+        for path in self.folder.glob("*.pt"):
+            path.unlink(missing_ok=True)
 
     def _read_chunk(self, path: Path) -> dict[str, torch.Tensor]:
         stored = torch.load(path, map_location="cpu", weights_only=True)
@@ -302,8 +315,8 @@ def extract_batches(
             # the file.
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
             raise DataError(
-                f"Cannot extract backbone features: {reason}. The file changed after the data "
-                "folder was checked; replace or remove it and run again."
+                f"Cannot extract backbone features: {reason}. An image named here changed "
+                "after the data folder was checked: replace or remove it and run again."
             ) from exc
         if batch is None:
             return
@@ -396,8 +409,7 @@ class _Ranks:
         self.rank, self.world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
 
     def exchange(self, payload: Any, error: BaseException | None = None) -> list[Any]:
-        """Every rank's payload. If any rank brings an error, every rank raises: none is left
-        waiting for the others in a later collective."""
+        """Every rank's payload; if any rank brings an error, all raise (none waits forever)."""
         message = None if error is None else str(error)
         gathered = [(payload, message)]
         if self.world > 1:
@@ -461,7 +473,9 @@ def cached_features(
         def plan() -> list[int]:
             held.enter_context(store.lock())
             fingerprints.extend(image_fingerprints(records))
-            stored = {} if rebuild else store.read()
+            if rebuild:
+                store.clear()
+            stored = store.read()
             missing = []
             for row, fingerprint in enumerate(fingerprints):
                 if fingerprint in stored:

@@ -213,7 +213,7 @@ def test_full_disk_or_a_changed_unreadable_image_never_ends_in_a_traceback(
     stat = broken.stat()
     broken.write_bytes(b"\0" * stat.st_size)
     os.utime(broken, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    with pytest.raises(DataError, match=f"{broken}.*replace or remove it"):
+    with pytest.raises(DataError, match=f"{broken}.*changed after the data folder was checked"):
         cached_features(folder_datamodule(folder, cache), backbone)
 
 
