@@ -20,7 +20,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from types import FrameType
@@ -118,27 +117,13 @@ def module_digest(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _file_fingerprint(path: str) -> str:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise DataError(
-            f"Cannot read {path} ({type(exc).__name__}: {exc}): it changed after the data "
-            "folder was checked; restore it, or remove it and run again."
-        ) from exc
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
 def image_fingerprints(records: Sequence[ImageRecord]) -> list[str]:
-    """The content fingerprint of each record's file: a hash of its bytes as they are now.
+    """The content fingerprint of each record's file, as the scan read it on this run.
 
-    Read here rather than taken from the scan, whose cache trusts size and modification time
-    (a file replaced with `cp -p` keeps both). The hash is the scan's (blake2b-128 of the bytes),
-    so a scan that fingerprints content on every run can hand its values over unchanged.
+    The scan hashes every file's bytes on every run (`crackdet.data.scan.FINGERPRINT`), so a file
+    replaced with the same size and modification time (`cp -p`, restores) has a new one.
     """
-    # Hashing releases the GIL: threads overlap reading one file with hashing another.
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
-        return list(pool.map(_file_fingerprint, [r.path for r in records]))
+    return [r.digest for r in records]
 
 
 def numerics_fields(runtime: str, precision: str) -> dict[str, str]:
