@@ -11,9 +11,7 @@ import atexit
 import json
 import logging
 import math
-import sys
 from collections.abc import Iterable, Mapping
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -198,18 +196,6 @@ def print_summary(rows: list[Mapping[str, Any]], title: str) -> None:
             console.print(f"[red]job {row['job']} failed:[/red] {row['error']}", highlight=False)
 
 
-def check_optuna_storage(storage: Any) -> None:
-    """Optuna 2.x cannot use a database under SQLAlchemy 2 (its schema check fails): say so."""
-    if not storage or not isinstance(storage, str):
-        return
-    if int(version("optuna").split(".")[0]) < 3 and int(version("sqlalchemy").split(".")[0]) >= 2:
-        raise ConfigError(
-            f"hydra.sweeper.storage={storage} needs SQLAlchemy 1.4 with optuna "
-            f"{version('optuna')} (installed: SQLAlchemy {version('sqlalchemy')}). "
-            "Install it with: pip install 'sqlalchemy>=1.4,<2'; or run without storage."
-        )
-
-
 class SweepSummary(Callback):
     """Hydra callback: `summary.csv` in the multirun directory and a ranked table on the console."""
 
@@ -226,16 +212,11 @@ class SweepSummary(Callback):
         return not any(word in metric for word in ("loss", "ece", "error"))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Check the Optuna storage; make sure the table is printed even if a job fails.
+        """Make sure the table is printed even if a job fails.
 
         Hydra raises a failed job's error after the whole sweep ran, skipping on_multirun_end,
         so the table is then printed when the interpreter exits.
         """
-        try:
-            check_optuna_storage(OmegaConf.select(config, "hydra.sweeper.storage"))
-        except ConfigError as exc:
-            log.error("%s", exc)
-            sys.exit(2)  # Hydra turns callback exceptions into warnings and carries on
         self._sweep_dir = Path(config.hydra.sweep.dir)
         self.maximize = self._maximized(config)
         atexit.register(self.report)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -15,16 +14,10 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from crackdet.cli.config import optuna_sampler_seed
 from crackdet.cli.ddp_jobs import LAUNCHER_ENV, DistributedJobs
-from crackdet.cli.sweeps import check_optuna_storage, ranked
+from crackdet.cli.sweeps import ranked
 from crackdet.data.synthetic import make_synthetic_dataset
-from crackdet.errors import ConfigError
 from tests.conftest import TINY, compose_cfg, run_entry
-
-OPTUNA_DB_BROKEN = (
-    int(version("optuna").split(".")[0]) < 3 and int(version("sqlalchemy").split(".")[0]) >= 2
-)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -170,24 +163,6 @@ def test_optuna_search_reports_its_best_trial(tmp_path, synthetic_cache) -> None
         "data/augmentation",
     }
     assert len(read_csv(sweep / "summary.csv")) == 2
-
-
-@pytest.mark.skipif(not OPTUNA_DB_BROKEN, reason="the installed optuna can use SQLite storage")
-def test_optuna_storage_that_cannot_work_is_refused_with_the_fix() -> None:
-    with pytest.raises(ConfigError, match=r"pip install 'sqlalchemy>=1.4,<2'"):
-        check_optuna_storage("sqlite:///outputs/optuna.db")
-
-
-@pytest.mark.skipif(OPTUNA_DB_BROKEN, reason="optuna 2.x storage needs sqlalchemy<2")
-def test_continued_optuna_study_draws_new_trials(tmp_path) -> None:
-    import optuna
-
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    assert optuna_sampler_seed(42, storage, "crackdet") == 42
-    study = optuna.create_study(study_name="crackdet", storage=storage)
-    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
-    assert optuna_sampler_seed(42, storage, "crackdet") == 45
-    assert optuna_sampler_seed(42, None, "crackdet") == 42
 
 
 def test_sweep_summary_ranks_best_first_and_failed_jobs_last() -> None:
