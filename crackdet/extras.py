@@ -9,8 +9,13 @@ from typing import Any
 
 from crackdet.errors import ConfigError
 
-#: The package a logger class needs, by the logger's class name, with the extra that installs it.
-LOGGER_EXTRAS = {"MLFlowLogger": ("mlflow", "mlflow"), "WandbLogger": ("wandb", "wandb")}
+#: The package a logger needs, by the last part of its `_target_`, and the extra that installs it.
+LOGGER_EXTRAS = {
+    "mlflow_logger": ("mlflow", "mlflow"),
+    "MLFlowLogger": ("mlflow", "mlflow"),
+    "wandb_logger": ("wandb", "wandb"),
+    "WandbLogger": ("wandb", "wandb"),
+}
 
 
 class MissingExtraError(ConfigError):

@@ -15,7 +15,11 @@ log = logging.getLogger("crackdet")
 
 
 def run_main(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run `task(cfg)`; a CrackdetError is logged and exits with status 2 (1 under multirun)."""
+    """Run `task(cfg)`; a CrackdetError is logged and exits with status 2 (1 under multirun).
+
+    Warnings go through logging, so the run's log file holds them as the console shows them.
+    """
+    logging.captureWarnings(True)
     try:
         return task(cfg)
     except Exception as exc:
