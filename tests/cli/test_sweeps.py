@@ -80,7 +80,7 @@ def test_learning_rate_multirun_writes_a_job_dir_each_and_a_ranked_summary(
     assert values == sorted(values, reverse=True)
     assert "summary.csv" in result.stdout  # the table printed at the end of the sweep
     # TensorBoard's HParams view tells the jobs apart by their learning rate.
-    assert {hparams_of(sweep / job)["model/optimizer/lr"] for job in ("0", "1")} == {1e-3, 1e-2}
+    assert {hparams_of(sweep / job)["lr"] for job in ("0", "1")} == {1e-3, 1e-2}
 
 
 @pytest.mark.slow
