@@ -15,18 +15,16 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, W
 from crackdet.extras import require
 
 
-def run_names(task_name: str) -> tuple[str, str]:
+def run_names(task_name: str, run_dir: str) -> tuple[str, str]:
     """(experiment or group, run) names: a sweep's own name and its job, else the task and run."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if not HydraConfig.initialized():
-        return task_name, task_name
-    hydra = HydraConfig.get()
-    if hydra.mode == RunMode.MULTIRUN:
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        hydra = HydraConfig.get()
         job = " ".join(hydra.overrides.task) or "defaults"
         return f"{task_name}-sweep-{Path(hydra.sweep.dir).name}", f"{hydra.job.num}: {job}"
-    return task_name, Path(hydra.runtime.output_dir).name
+    return task_name, Path(run_dir).name
 
 
 class LocalMLFlowLogger(MLFlowLogger):
@@ -38,13 +36,13 @@ class LocalMLFlowLogger(MLFlowLogger):
 
 
 def mlflow_logger(
-    store_dir: str, task_name: str, tracking_uri: str | None = None, **kwargs: Any
+    store_dir: str, task_name: str, run_dir: str, tracking_uri: str | None = None, **kwargs: Any
 ) -> MLFlowLogger:
     """Lightning's MLFlowLogger on a local SQLite store in `store_dir` (or on `tracking_uri`)."""
     require("mlflow", "mlflow", "logger=mlflow")
     store = Path(store_dir)
     store.mkdir(parents=True, exist_ok=True)
-    experiment, run = run_names(task_name)
+    experiment, run = run_names(task_name, run_dir)
     return LocalMLFlowLogger(
         experiment_name=experiment,
         run_name=run,
@@ -57,7 +55,7 @@ def mlflow_logger(
 def wandb_logger(save_dir: str, task_name: str, **kwargs: Any) -> WandbLogger:
     """Lightning's WandbLogger, its files in the run directory, sweeps grouped by their name."""
     require("wandb", "wandb", "logger=wandb")
-    group, run = run_names(task_name)
+    group, run = run_names(task_name, save_dir)
     return WandbLogger(save_dir=save_dir, name=run, group=group, **kwargs)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from crackdet.cli.config import PROJECT_ROOT
 from tests.conftest import run_entry
 from tests.plugins.quadratic_app import objective
 
@@ -125,3 +127,20 @@ def test_without_optuna_the_search_names_the_extra_to_install(monkeypatch, caplo
         sweeper.sweep([])
     assert exit_info.value.code == 2
     assert 'pip install "crackdet[search]"' in caplog.text
+
+
+@pytest.mark.slow
+def test_launcher_slurm_without_the_extra_names_it(tmp_path) -> None:
+    # As if hydra-submitit-launcher were not installed.
+    hide = "import sys; sys.modules['hydra_plugins.hydra_submitit_launcher'] = None; "
+    run = "import runpy; runpy.run_path('train.py', run_name='__main__')"
+    result = subprocess.run(
+        [sys.executable, "-c", hide + run, "-m", "launcher=slurm", f"hydra.sweep.dir={tmp_path}"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert 'pip install "crackdet[slurm]"' in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
