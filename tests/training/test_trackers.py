@@ -86,7 +86,7 @@ def test_wandb_offline_run_holds_config_metrics_figures_and_best_checkpoint(
     assert seen["summary"]["test/acc"] == pytest.approx(results["test"]["test/acc"])
     assert seen["summary"]["best_checkpoint"] == results["best_checkpoint"]
     assert "val/acc_best" in seen["summary"] and "train/loss" in seen["summary"]
-    assert seen["config"]["model/optimizer/lr"] == cfg.model.optimizer.lr
+    assert seen["config"]["model"]["optimizer"]["lr"] == cfg.model.optimizer.lr
     [run_dir] = (Path(results["output_dir"]) / "wandb").glob("offline-run-*")
     images = {p.parent.name + "/" + p.name.rsplit("_", 2)[0] for p in run_dir.rglob("*.png")}
     assert {"val/confusion_matrix", "val/misclassified", "test/confusion_matrix"} <= images
