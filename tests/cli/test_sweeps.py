@@ -242,3 +242,50 @@ def test_summary_ranks_losses_lowest_first(metric: str, maximize: bool) -> None:
         SweepSummary("auto")._maximized(OmegaConf.create({"optimized_metric": metric})) is maximize
     )
     assert SweepSummary("maximize")._maximized(OmegaConf.create({"optimized_metric": metric}))
+
+
+def test_ties_are_broken_by_validation_loss_then_job_number() -> None:
+    def job(number: int, value: float, loss: float | None) -> dict:
+        metrics = {"val/loss": loss, "val/acc": value}
+        return {
+            "job": number,
+            "value": value,
+            "optimized_metric": "val/acc_best",
+            "metrics": metrics,
+        }
+
+    jobs = [job(0, 0.9, 0.30), job(1, 0.9, 0.20), job(2, 0.95, 0.50), job(3, 0.9, None)]
+    assert [r["job"] for r in ranked(jobs)] == [2, 1, 0, 3]
+    # Optimizing the loss itself: equal losses are told apart by the higher accuracy.
+    by_loss = [dict(r, optimized_metric="val/loss", value=0.3) for r in jobs[:2]]
+    by_loss[0]["metrics"] = {"val/acc": 0.8}
+    assert [r["job"] for r in ranked(by_loss, maximize=False)] == [1, 0]
+
+
+def test_summary_table_never_cuts_a_jobs_overrides(monkeypatch, capsys) -> None:
+    from crackdet.cli.sweeps import print_summary
+
+    monkeypatch.setenv("COLUMNS", "60")
+    long = "data/augmentation=strong_with_a_rather_long_option_name"
+    rows = [
+        {
+            "job": n,
+            "status": "ok",
+            "overrides": ["experiment=smoke", f"model.optimizer.lr={lr}", f"{long}_{n}"],
+            "optimized_metric": "val/acc_best",
+            "value": 0.9 - n / 10,
+            "metrics": {"val/acc": 0.9, "val/loss": 0.3, "test/acc": 0.9, "test/f1": 0.88},
+        }
+        for n, lr in enumerate(("0.001", "0.01"))
+    ]
+    print_summary(ranked(rows), "2 job(s), best first")
+    shown = capsys.readouterr().out
+    for text in (
+        "model.optimizer.lr=0.001",
+        "model.optimizer.lr=0.01",
+        f"{long}_1",
+        "val/acc_best",
+    ):
+        assert text in shown, text
+    assert "…" not in shown
+    assert "ties: val/loss (better first), then job number" in shown
