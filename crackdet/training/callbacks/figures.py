@@ -5,25 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import torch
 from torchmetrics.functional.classification import binary_confusion_matrix
 
-from crackdet.data.scan import CLASS_NAMES
+from crackdet.data.classes import CLASS_NAMES
 from crackdet.data.transforms import denormalize
+from crackdet.evaluation.mistakes import most_confident_mistakes
 from crackdet.evaluation.plots import confusion_matrix_figure, image_grid_figure
-from crackdet.evaluation.threshold import decisions
 from crackdet.training.callbacks.outputs import EpochOutputs
 from crackdet.training.trackers import keeps_figures, log_figure
-
-
-def most_confident_mistakes(
-    probs: torch.Tensor, labels: torch.Tensor, k: int, threshold: float = 0.5
-) -> torch.Tensor:
-    """Positions of up to `k` misclassified samples, the most confidently wrong first."""
-    preds = decisions(probs, threshold)
-    wrong = torch.nonzero(preds != labels).flatten()
-    confidence = torch.where(labels[wrong] == 1, 1 - probs[wrong], probs[wrong])
-    return wrong[torch.argsort(confidence, descending=True)[:k]]
 
 
 class EvaluationFigures(EpochOutputs):
