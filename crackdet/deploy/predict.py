@@ -23,7 +23,7 @@ from crackdet.deploy.inference import (
     pick_device,
     resolve_threshold,
 )
-from crackdet.deploy.tiling import Box, heatmap_overlay, tile_batches, tile_boxes
+from crackdet.deploy.tiling import Box, heatmap_overlay, is_tiled, tile_batches, tile_boxes
 from crackdet.errors import ConfigError
 from crackdet.io import atomic_write_bytes, write_csv
 
@@ -53,6 +53,12 @@ class PredictSettings:
     batch_size: int
     heatmap_max_side: int
     device: str
+    #: Photos with a side at least this long are tiled; None: twice the model's input size.
+    tile_min_side: int | None = None
+
+    def min_side(self, image_size: int) -> int:
+        """The side from which photos are tiled, for a model of `image_size` px input."""
+        return self.tile_min_side or 2 * image_size
 
     @classmethod
     def from_cfg(cls, section: DictConfig) -> PredictSettings:
@@ -65,7 +71,13 @@ class PredictSettings:
             int(section.batch_size),
             int(section.heatmap_max_side),
             str(section.device),
+            None if section.get("tile_min_side") is None else int(section.tile_min_side),
         )
+        if settings.tile_min_side is not None and settings.tile_min_side < 1:
+            raise ConfigError(
+                f"predict.tile_min_side={settings.tile_min_side} must be a positive integer, or "
+                "null for twice the model's input size."
+            )
         if tile < 1 or settings.batch_size < 1 or settings.heatmap_max_side < 1:
             raise ConfigError(
                 f"predict.tile_size={tile}, predict.batch_size={settings.batch_size} and "
@@ -176,13 +188,14 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     heatmap_dir = output_dir / "heatmaps"
     log.info(
         "Classifying %d image(s) with %s (image size %d, threshold %.4g from the %s) on %s; "
-        "images larger than %d px are scanned in tiles every %d px.",
+        "images with a side of at least %d px (and over %d px) are scanned in tiles every %d px.",
         len(paths),
         loaded.path,
         loaded.image_size,
         threshold,
         source,
         device,
+        settings.min_side(loaded.image_size),
         settings.tile_size,
         settings.stride,
     )
@@ -215,7 +228,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                 finished([row])
                 continue
             row.width, row.height = image.size
-            if max(image.size) <= settings.tile_size:
+            if not is_tiled(*image.size, settings.tile_size, settings.min_side(loaded.image_size)):
                 finished(predictor.add_whole(row, image))
                 continue
             progress.reset(tiles_task, total=None, visible=False)
