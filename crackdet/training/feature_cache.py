@@ -44,7 +44,7 @@ from crackdet.data.transforms import eval_transform
 from crackdet.errors import ConfigError, DataError
 from crackdet.io import atomic_write_bytes
 from crackdet.models.backbone import FEATURE_DIM
-from crackdet.models.runtime import FeatureFn, build_feature_extractor
+from crackdet.models.runtime import FeatureFn, build_feature_extractor, module_digest
 
 log = logging.getLogger(__name__)
 
@@ -87,22 +87,18 @@ def usage_problem(datamodule: CrackDataModule, model: L.LightningModule) -> str 
     return None
 
 
-def module_digest(module: nn.Module) -> str:
-    """A hash of every parameter and buffer value: it changes whenever the outputs could."""
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
 def cache_key(
     backbone_digest: str,
     datamodule: CrackDataModule,
     precision: str,
     records: Sequence[ImageRecord],
+    backbone_precision: str = "fp32",
 ) -> str:
-    """The name of the features of `records` under these weights, preprocessing and precision."""
+    """The name of the features of `records` under these weights, preprocessing and precision.
+
+    Every float32 backbone runtime gives the same features (within 1e-6), so they share one
+    file; bfloat16 features differ (about 3e-3 relative) and get their own.
+    """
     description = {
         "format": FORMAT_VERSION,
         "backbone": backbone_digest,
@@ -114,6 +110,8 @@ def cache_key(
         "versions": [torch.__version__, torchvision.__version__],
         "files": [[r.path, r.digest] for r in records],
     }
+    if backbone_precision != "fp32":
+        description["backbone_precision"] = backbone_precision
     encoded = json.dumps(description, sort_keys=True).encode()
     return hashlib.blake2b(encoded, digest_size=16).hexdigest()
 
@@ -223,17 +221,21 @@ def _extractor(
     datamodule: CrackDataModule,
     backbone: nn.Module,
     runtime: str,
-    batch: int,
+    backbone_precision: str,
     precision: Precision,
     device: torch.device | None,
 ) -> FeatureFn:
+    if runtime == "auto" and precision.precision != "32-true":
+        runtime = "eager"  # the one runtime that follows Lightning's precision plugin
     if runtime != "eager" and precision.precision != "32-true":
         raise ConfigError(
             f"model.backbone_runtime={runtime} computes float32 features, but "
             f"trainer.precision={precision.precision}: use model.backbone_runtime=eager."
         )
-    example = torch.zeros(batch, 3, datamodule.image_size, datamodule.image_size)
-    extract = build_feature_extractor(backbone, runtime, example, device)
+    example = torch.zeros(datamodule.batch_size, 3, datamodule.image_size, datamodule.image_size)
+    extract = build_feature_extractor(
+        backbone, runtime, example, device, backbone_precision, datamodule.cache_dir
+    )
 
     def run(images: torch.Tensor) -> torch.Tensor:
         # The same autocast / dtype as the training step, so features match the uncached path.
@@ -261,6 +263,7 @@ def cached_features(
     backbone: nn.Module,
     runtime: str = "eager",
     *,
+    backbone_precision: str = "fp32",
     rebuild: bool = False,
     trainer: L.Trainer | None = None,
     backbone_digest: str | None = None,
@@ -274,7 +277,7 @@ def cached_features(
     precision = trainer.precision_plugin if trainer else Precision()
     rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
     digest = backbone_digest or module_digest(backbone)
-    key = cache_key(digest, datamodule, precision.precision, records)
+    key = cache_key(digest, datamodule, precision.precision, records, backbone_precision)
     path = Path(datamodule.cache_dir) / "features" / f"{key}.pt"
     try:
         lock = file_lock(path.with_suffix(".lock")) if rank == 0 else nullcontext()
@@ -295,7 +298,7 @@ def cached_features(
                 start = time.perf_counter()
                 device = trainer.strategy.root_device if trainer else None
                 extract = _extractor(
-                    datamodule, backbone, runtime, datamodule.batch_size, precision, device
+                    datamodule, backbone, runtime, backbone_precision, precision, device
                 )
                 prepared = time.perf_counter()
                 features = extract_features(
@@ -390,6 +393,7 @@ class FeatureCache(L.Callback):
                 datamodule,
                 module.backbone,
                 module.hparams.get("backbone_runtime", "eager"),
+                backbone_precision=module.hparams.get("backbone_precision", "fp32"),
                 rebuild=datamodule.feature_cache == "rebuild" and not self._rebuilt,
                 trainer=trainer,
                 backbone_digest=digest,
