@@ -18,6 +18,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from crackdet.data.images import load_rgb
 from crackdet.deploy.inference import (
     LoadedCheckpoint,
+    backbone_runner,
     find_images,
     load_checkpoint,
     pick_device,
@@ -53,6 +54,8 @@ class PredictSettings:
     batch_size: int
     heatmap_max_side: int
     device: str
+    backbone_runtime: str | None = None
+    backbone_precision: str | None = None
 
     @classmethod
     def from_cfg(cls, section: DictConfig) -> PredictSettings:
@@ -65,6 +68,8 @@ class PredictSettings:
             int(section.batch_size),
             int(section.heatmap_max_side),
             str(section.device),
+            section.get("backbone_runtime"),
+            section.get("backbone_precision"),
         )
         if tile < 1 or settings.batch_size < 1 or settings.heatmap_max_side < 1:
             raise ConfigError(
@@ -115,8 +120,22 @@ class _Row:
 class _Predictor:
     """Runs the classifier in batches: whole small images across files, tiles within a photo."""
 
-    def __init__(self, loaded: LoadedCheckpoint, settings: PredictSettings, device: torch.device):
+    def __init__(
+        self,
+        loaded: LoadedCheckpoint,
+        settings: PredictSettings,
+        device: torch.device,
+        cache_dir: str | Path | None = None,
+    ):
         self.model = loaded.model.to(device).eval()
+        self.features = backbone_runner(
+            self.model,
+            settings.backbone_runtime,
+            settings.backbone_precision,
+            (settings.batch_size, loaded.image_size),
+            device,
+            cache_dir,
+        )
         self.transform = loaded.transform()
         self.settings = settings
         self.device = device
@@ -125,7 +144,8 @@ class _Predictor:
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> list[float]:
         """p(crack) of every image of a preprocessed batch."""
-        return self.model(batch.to(self.device)).softmax(dim=-1)[:, 1].float().cpu().tolist()
+        logits = self.model.head(self.features(batch).to(self.device))
+        return logits.softmax(dim=-1)[:, 1].float().cpu().tolist()
 
     def add_whole(self, row: _Row, image: Image.Image) -> list[_Row]:
         """Queue a small image; returns the rows finished by a full batch."""
@@ -186,7 +206,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         settings.tile_size,
         settings.stride,
     )
-    predictor = _Predictor(loaded, settings, device)
+    predictor = _Predictor(loaded, settings, device, cfg.paths.get("cache_dir"))
     rows: list[_Row] = []
     used_names: set[str] = set()
     columns = (

@@ -21,7 +21,7 @@ from torchmetrics.functional.classification import binary_auroc, binary_average_
 
 from crackdet.data.datamodule import CrackDataModule
 from crackdet.data.scan import CLASS_NAMES
-from crackdet.deploy.inference import recorded_data_settings
+from crackdet.deploy.inference import backbone_runner, recorded_data_settings
 from crackdet.errors import ConfigError, DataError
 from crackdet.evaluation.calibration import (
     apply_temperature,
@@ -114,9 +114,20 @@ class _Predictor:
         self.model = CrackClassifier.load_from_checkpoint(
             ckpt_path, weights=None, map_location="cpu"
         )
+        self.runtime = (cfg.eval.get("backbone_runtime"), cfg.eval.get("backbone_precision"))
+        self.cache_dir = cfg.data.get("cache_dir")
 
     def __call__(self, datamodule: CrackDataModule, split: str) -> Predictions:
         """p(crack) of every image of `split`, through the model's own test step."""
+        if self.model.feature_fn is None:
+            # The backbone runs on the configured runtime; the head in the test step.
+            self.model.feature_fn = backbone_runner(
+                self.model,
+                *self.runtime,
+                (datamodule.batch_size, datamodule.image_size),
+                self.trainer.strategy.root_device,
+                self.cache_dir,
+            )
         loader = datamodule.test_dataloader() if split != "val" else datamodule.val_dataloader()
         logged = self.trainer.test(self.model, dataloaders=loader, verbose=False)[0]
         idx, probs, labels = self.collector.outputs

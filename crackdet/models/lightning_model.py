@@ -130,6 +130,8 @@ class CrackClassifier(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Refuse a backbone runtime or precision this machine cannot run, before any work."""
+        if self.feature_fn is not None:  # already built by its user (eval.py), who chose
+            return
         choose_runtime(
             self.hparams.backbone_runtime,
             self.hparams.get("backbone_precision", "fp32"),
