@@ -355,6 +355,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
+def points_of(point: dict[str, Any] | None) -> dict[str, float]:
+    """The thresholds figures mark: the 0.5 default and, when there is one, the operating point."""
+    points = {"default": DEFAULT_THRESHOLD}
+    if point:
+        points["operating point"] = point["threshold"]
+    return points
+
+
 def _write_figures_and_scalars(
     results: dict[str, Any],
     probs: torch.Tensor,
@@ -363,20 +371,25 @@ def _write_figures_and_scalars(
     output_dir: Path,
 ) -> None:
     split, point = results["split"], results["operating_point"]
+    # Every figure names the data set and split it shows, and the threshold(s) it judges at.
+    where = f"{Path(results['data']['data_dir']).name}, {split} split"
+    marked = ", ".join(f"{name} t={t:.4g}" for name, t in points_of(point).items())
     logger = TensorBoardLogger(
         save_dir=output_dir, name="tensorboard", version="", default_hp_metric=False
     )
     writer = logger.experiment
     scalars = {k: v for k, v in results["metrics"].items() if v is not None}
-    points = {"default": DEFAULT_THRESHOLD}
+    points = points_of(point)
     if point:
-        points["operating point"] = point["threshold"]
         scalars.update(
             {k.replace("/", "/op_", 1): v for k, v in point["metrics"].items() if v is not None}
         )
         m = point["metrics"]
         counts = [[m[f"{split}/tn"], m[f"{split}/fp"]], [m[f"{split}/fn"], m[f"{split}/tp"]]]
-        title = f"{split}: {len(labels)} images, threshold {point['threshold']:.4g}"
+        title = (
+            f"{where}: {len(labels)} images\nthreshold {point['threshold']:.4g} "
+            f"(operating point: {point['source']})"
+        )
         _save_figure(
             confusion_matrix_figure(counts, CLASS_NAMES, title),
             output_dir / "confusion_matrix_operating_point.png",
@@ -388,7 +401,9 @@ def _write_figures_and_scalars(
     counts = [[m[f"{split}/tn"], m[f"{split}/fp"]], [m[f"{split}/fn"], m[f"{split}/tp"]]]
     _save_figure(
         confusion_matrix_figure(
-            counts, CLASS_NAMES, f"{split}: {len(labels)} images, threshold {DEFAULT_THRESHOLD}"
+            counts,
+            CLASS_NAMES,
+            f"{where}: {len(labels)} images\nthreshold {DEFAULT_THRESHOLD} (default)",
         ),
         output_dir / "confusion_matrix.png",
         writer,
@@ -396,7 +411,10 @@ def _write_figures_and_scalars(
     )
     _save_figure(
         reliability_figure(
-            curves, labels, results["calibration"]["bins"], title=f"{split}: reliability"
+            curves,
+            labels,
+            results["calibration"]["bins"],
+            title=f"{where}: reliability\n(every threshold: no decision)",
         ),
         output_dir / "reliability.png",
         writer,
@@ -404,13 +422,15 @@ def _write_figures_and_scalars(
     )
     if labels.unique().numel() == 2:
         _save_figure(
-            pr_curve_figure(probs, labels, points, title=f"{split}: precision-recall"),
+            pr_curve_figure(
+                probs, labels, points, title=f"{where}: precision-recall\nmarked: {marked}"
+            ),
             output_dir / "pr_curve.png",
             writer,
             f"{split}/pr_curve",
         )
         _save_figure(
-            roc_curve_figure(probs, labels, points, title=f"{split}: ROC"),
+            roc_curve_figure(probs, labels, points, title=f"{where}: ROC\nmarked: {marked}"),
             output_dir / "roc_curve.png",
             writer,
             f"{split}/roc_curve",

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -81,11 +82,17 @@ def installed(runtime: str) -> bool:
     return True
 
 
-def openvino_cpu_has_bf16() -> bool:
-    """Whether OpenVINO reports native bfloat16 on this CPU (OPTIMIZATION_CAPABILITIES)."""
+@cache
+def _openvino_core():
+    # One Core per process: each holds its own plugins and thread pools.
     import openvino as ov
 
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return ov.Core()
+
+
+def openvino_cpu_has_bf16() -> bool:
+    """Whether OpenVINO reports native bfloat16 on this CPU (OPTIMIZATION_CAPABILITIES)."""
+    return "BF16" in _openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def bf16_problem(runtime: str, device: torch.device) -> str | None:
@@ -310,8 +317,6 @@ def _onnxruntime(model: Path, device: torch.device) -> FeatureFn:
 
 
 def _openvino(model: Path, device: torch.device, precision: str, cache: Path) -> FeatureFn:
-    import openvino as ov
-
     config = {
         # OpenVINO's CPU default is bf16 wherever the CPU has it: ask for what was chosen.
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
@@ -320,7 +325,7 @@ def _openvino(model: Path, device: torch.device, precision: str, cache: Path) ->
         # The compiled blob is kept on disk: later runs skip OpenVINO's compilation.
         "CACHE_DIR": str(cache),
     }
-    compiled = ov.Core().compile_model(str(model), "CPU", config)
+    compiled = _openvino_core().compile_model(str(model), "CPU", config)
     request = compiled.create_infer_request()
 
     def run(images: torch.Tensor) -> torch.Tensor:

@@ -14,15 +14,34 @@ from crackdet.training.callbacks.figures import EvaluationFigures
 from crackdet.training.train import train
 
 
-def _events(run_dir: Path) -> EventAccumulator:
-    (event_file,) = (run_dir / "tensorboard").glob("events.out.tfevents.*")
-    accumulator = EventAccumulator(str(event_file), size_guidance={"images": 0, "tensors": 0})
-    accumulator.Reload()
-    return accumulator
+class _Events:
+    """Images and texts of every event file of a run (fit, validate and test write their own)."""
 
+    def __init__(self, run_dir: Path):
+        self.accumulators = []
+        for event_file in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+            accumulator = EventAccumulator(
+                str(event_file), size_guidance={"images": 0, "tensors": 0}
+            )
+            accumulator.Reload()
+            self.accumulators.append(accumulator)
 
-def _texts(events: EventAccumulator, tag: str) -> list[str]:
-    return [e.tensor_proto.string_val[0].decode() for e in events.Tensors(tag)]
+    def _all(self, kind: str, tag: str) -> list:
+        found = [
+            e
+            for a in self.accumulators
+            if tag in a.Tags()[kind]
+            for e in getattr(a, kind.title())(tag)
+        ]
+        return sorted(found, key=lambda e: e.wall_time)
+
+    def images(self, tag: str) -> list:
+        """Image events of `tag`, oldest first."""
+        return self._all("images", tag)
+
+    def texts(self, tag: str) -> list[str]:
+        """Text summaries of `tag`, oldest first."""
+        return [e.tensor_proto.string_val[0].decode() for e in self._all("tensors", tag)]
 
 
 def test_figures_follow_the_schedule_and_say_what_they_show(tiny_cfg, tmp_path: Path):
@@ -35,13 +54,13 @@ def test_figures_follow_the_schedule_and_say_what_they_show(tiny_cfg, tmp_path: 
             run_dir=run_dir,
         )
     )
-    events = _events(run_dir)
-    steps = [e.step for e in events.Images("val/confusion_matrix")]
+    events = _Events(run_dir)
+    steps = [e.step for e in events.images("val/confusion_matrix")]
     # 4 training steps per epoch: epoch 1 (step 8) by the schedule, epoch 2 (step 12) at the
     # end, then the validation of the best checkpoint; epoch 0 (step 4) is skipped.
     assert 4 not in steps and {8, 12} <= set(steps) and len(steps) == 3
-    assert len(events.Images("test/confusion_matrix")) == 1
-    texts = _texts(events, "val/misclassified/text_summary")
+    assert len(events.images("test/confusion_matrix")) == 1
+    texts = events.texts("val/misclassified/text_summary")
     data_set = Path(tiny_cfg().data.data_dir)
     for text in texts:
         assert f"val split of {data_set.name}" in text and str(data_set) in text
@@ -59,9 +78,9 @@ def test_figures_only_for_checkpoints_and_test_when_asked(tiny_cfg, tmp_path: Pa
             run_dir=run_dir,
         )
     )
-    events = _events(run_dir)
-    (validated,) = events.Images("val/confusion_matrix")  # the best checkpoint's validation
-    assert len(events.Images("test/confusion_matrix")) == 1
+    events = _Events(run_dir)
+    (validated,) = events.images("val/confusion_matrix")  # the best checkpoint's validation
+    assert len(events.images("test/confusion_matrix")) == 1
 
 
 def test_bad_schedule_is_refused_by_name():
