@@ -14,7 +14,7 @@ from crackdet.errors import ConfigError
 from crackdet.models import runtime
 from crackdet.models.backbone import build_backbone
 from crackdet.models.runtime import build_feature_extractor, choose_runtime, installed
-from crackdet.training.feature_cache import cache_key
+from crackdet.training.feature_cache import settings_key
 
 #: fp32 runtimes agree with eager within this fraction of the largest feature (about 1e-6 seen).
 FP32_TOLERANCE = 1e-5
@@ -119,8 +119,7 @@ def test_training_refuses_bf16_without_native_support_before_any_work(tiny_cfg, 
 
 def test_feature_cache_is_shared_by_fp32_runtimes_and_separate_for_bf16():
     datamodule = SimpleNamespace(image_size=48, mean=[0.5] * 3, std=[0.2] * 3)
-    records = [SimpleNamespace(path="a.jpg", digest="1"), SimpleNamespace(path="b.jpg", digest="2")]
-    fp32 = cache_key("weights", datamodule, "32-true", records)
-    # The runtime is not part of the key; fp32 is the key every earlier cache file has.
-    assert cache_key("weights", datamodule, "32-true", records, "fp32") == fp32
-    assert cache_key("weights", datamodule, "32-true", records, "bf16") != fp32
+    fp32 = settings_key("weights", datamodule, "eager", "32-true")
+    # The runtime is not part of a float32 key; fp32 is the key every earlier cache folder has.
+    assert settings_key("weights", datamodule, "openvino", "32-true", "fp32") == fp32
+    assert settings_key("weights", datamodule, "auto", "32-true", "bf16") != fp32

@@ -17,11 +17,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics.functional.classification import binary_confusion_matrix
 
-from crackdet.data.scan import CLASS_NAMES
+from crackdet.data.classes import CLASS_NAMES
 from crackdet.data.transforms import denormalize
 from crackdet.errors import ConfigError
+from crackdet.evaluation.mistakes import most_confident_mistakes
 from crackdet.evaluation.tensorboard_images import captioned_grid, confusion_matrix_image
-from crackdet.evaluation.threshold import DEFAULT_THRESHOLD, decisions
+from crackdet.evaluation.threshold import DEFAULT_THRESHOLD
 from crackdet.training.callbacks.outputs import EpochOutputs
 
 #: Characters of a file name that fit under a grid cell.
@@ -33,16 +34,6 @@ def _tensorboard(trainer: L.Trainer):
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
-
-
-def most_confident_mistakes(
-    probs: torch.Tensor, labels: torch.Tensor, k: int, threshold: float = 0.5
-) -> torch.Tensor:
-    """Positions of up to `k` misclassified samples, the most confidently wrong first."""
-    preds = decisions(probs, threshold)
-    wrong = torch.nonzero(preds != labels).flatten()
-    confidence = torch.where(labels[wrong] == 1, 1 - probs[wrong], probs[wrong])
-    return wrong[torch.argsort(confidence, descending=True)[:k]]
 
 
 def threshold_label(threshold: float) -> str:
