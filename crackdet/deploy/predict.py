@@ -18,6 +18,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from crackdet.data.images import load_rgb
 from crackdet.deploy.inference import (
     LoadedCheckpoint,
+    backbone_runner,
     find_images,
     load_checkpoint,
     pick_device,
@@ -55,6 +56,8 @@ class PredictSettings:
     device: str
     #: Photos with a side at least this long are tiled; None: twice the model's input size.
     tile_min_side: int | None = None
+    backbone_runtime: str | None = None
+    backbone_precision: str | None = None
 
     def min_side(self, image_size: int) -> int:
         """The side from which photos are tiled, for a model of `image_size` px input."""
@@ -72,6 +75,8 @@ class PredictSettings:
             int(section.heatmap_max_side),
             str(section.device),
             None if section.get("tile_min_side") is None else int(section.tile_min_side),
+            section.get("backbone_runtime"),
+            section.get("backbone_precision"),
         )
         if settings.tile_min_side is not None and settings.tile_min_side < 1:
             raise ConfigError(
@@ -127,8 +132,22 @@ class _Row:
 class _Predictor:
     """Runs the classifier in batches: whole small images across files, tiles within a photo."""
 
-    def __init__(self, loaded: LoadedCheckpoint, settings: PredictSettings, device: torch.device):
+    def __init__(
+        self,
+        loaded: LoadedCheckpoint,
+        settings: PredictSettings,
+        device: torch.device,
+        cache_dir: str | Path | None = None,
+    ):
         self.model = loaded.model.to(device).eval()
+        self.features = backbone_runner(
+            self.model,
+            settings.backbone_runtime,
+            settings.backbone_precision,
+            (settings.batch_size, loaded.image_size),
+            device,
+            cache_dir,
+        )
         self.transform = loaded.transform()
         self.settings = settings
         self.device = device
@@ -137,7 +156,8 @@ class _Predictor:
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> list[float]:
         """p(crack) of every image of a preprocessed batch."""
-        return self.model(batch.to(self.device)).softmax(dim=-1)[:, 1].float().cpu().tolist()
+        logits = self.model.head(self.features(batch).to(self.device))
+        return logits.softmax(dim=-1)[:, 1].float().cpu().tolist()
 
     def add_whole(self, row: _Row, image: Image.Image) -> list[_Row]:
         """Queue a small image; returns the rows finished by a full batch."""
@@ -199,7 +219,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         settings.tile_size,
         settings.stride,
     )
-    predictor = _Predictor(loaded, settings, device)
+    predictor = _Predictor(loaded, settings, device, cfg.paths.get("cache_dir"))
     rows: list[_Row] = []
     used_names: set[str] = set()
     columns = (

@@ -59,17 +59,27 @@ def wandb_logger(save_dir: str, task_name: str, **kwargs: Any) -> WandbLogger:
     return WandbLogger(save_dir=save_dir, name=run, group=group, **kwargs)
 
 
-def log_figure(loggers: Iterable[Logger], tag: str, figure: Any, step: int) -> None:
-    """Send a matplotlib figure to every logger that keeps images (TensorBoard, MLflow, W&B)."""
+def log_image(loggers: Iterable[Logger], tag: str, image: Any, step: int) -> None:
+    """Send a uint8 (3, H, W) image to every logger that keeps images (TensorBoard, MLflow, W&B)."""
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_figure(tag, figure, global_step=step, close=False)
+            logger.experiment.add_image(tag, image, global_step=step)
         elif isinstance(logger, MLFlowLogger):
             # An artifact per step, like TensorBoard's image slider.
             name = f"figures/{tag.replace('/', '_')}_step{step:06d}.png"
-            logger.experiment.log_figure(logger.run_id, figure, name)
+            logger.experiment.log_image(logger.run_id, image.permute(1, 2, 0).numpy(), name)
         elif isinstance(logger, WandbLogger):
-            logger.log_image(key=tag, images=[figure], step=step)
+            logger.log_image(key=tag, images=[image.permute(1, 2, 0).numpy()], step=step)
+
+
+def log_text(loggers: Iterable[Logger], tag: str, text: str, step: int) -> None:
+    """Send a Markdown text to the loggers that keep texts (TensorBoard; MLflow as an artifact)."""
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_text(tag, text, global_step=step)
+        elif isinstance(logger, MLFlowLogger):
+            name = f"figures/{tag.replace('/', '_')}_step{step:06d}.md"
+            logger.experiment.log_text(logger.run_id, text, name)
 
 
 def keeps_figures(loggers: Iterable[Logger]) -> bool:
