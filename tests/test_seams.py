@@ -82,3 +82,13 @@ def test_tested_versions_are_the_caps_in_pyproject() -> None:
     pyproject = (PROJECT_ROOT / "pyproject.toml").read_text()
     for package, versions in TESTED.items():
         assert f'"{package}{versions}"' in pyproject, package
+
+
+def test_torch_reports_native_cpu_bf16_through_the_seam():
+    import torch
+
+    from crackdet.seams import torch_cpu_has_native_bf16
+
+    # If upstream renames the op, the seam would answer False and bf16 would be refused.
+    assert hasattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported")
+    assert isinstance(torch_cpu_has_native_bf16(), bool)

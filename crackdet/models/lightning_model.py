@@ -23,7 +23,7 @@ from torchmetrics.classification import (
 
 from crackdet.errors import ConfigError
 from crackdet.models.backbone import DEFAULT_BACKBONE
-from crackdet.models.runtime import check_runtime
+from crackdet.models.runtime import FeatureFn, check_precision, check_runtime, choose_runtime
 from crackdet.models.torch_model import CrackNet
 from crackdet.models.trainable import check_trainable
 
@@ -66,12 +66,14 @@ class CrackClassifier(L.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         scheduler_monitor: str = "val/loss",
         channels_last: bool = True,
-        backbone_runtime: str = "eager",
+        backbone_runtime: str = "auto",
+        backbone_precision: str = "fp32",
         backbone: str = DEFAULT_BACKBONE,
         backbone_lr: float | None = None,
     ):
         super().__init__()
         check_runtime(backbone_runtime)
+        check_precision(backbone_precision)
         check_trainable(trainable)
         if backbone_lr is not None and not backbone_lr > 0:
             raise ConfigError(f"model.backbone_lr={backbone_lr} must be above 0 (or null).")
@@ -88,8 +90,10 @@ class CrackClassifier(L.LightningModule):
                 "scheduler": _plain(scheduler),
                 "scheduler_monitor": scheduler_monitor,
                 "channels_last": bool(channels_last),
-                # Used by the feature cache's extraction; `forward` always runs eagerly.
+                # How the feature cache, eval.py and predict.py run the frozen backbone;
+                # `forward` and training steps always run eagerly.
                 "backbone_runtime": backbone_runtime,
+                "backbone_precision": backbone_precision,
             }
         )
         self.net = CrackNet(
@@ -108,6 +112,8 @@ class CrackClassifier(L.LightningModule):
         )
         self.sample_counts = nn.ModuleDict({f"{s}_": SumMetric() for s in ("val", "test")})
         self.val_acc_best = MaxMetric()
+        #: Computes backbone features of image batches in evaluation steps when set (eval.py).
+        self.feature_fn: FeatureFn | None = None
 
     @property
     def backbone(self) -> nn.Module:
@@ -134,9 +140,28 @@ class CrackClassifier(L.LightningModule):
         for key in [k for k in state if k.startswith(("backbone.", "head."))]:
             state[f"net.{key}"] = state.pop(key)
 
+    def setup(self, stage: str) -> None:
+        """Refuse a backbone runtime or precision this machine cannot run, or a fine-tuning
+        callback that would unfreeze more than `model.trainable` says, before any work."""
+        finetuning = [c for c in self.trainer.callbacks if isinstance(c, BaseFinetuning)]
+        if finetuning and self.hparams.trainable != "all":
+            raise ConfigError(
+                f"callbacks.{type(finetuning[0]).__name__} unfreezes the whole backbone, but "
+                f"model.trainable={self.hparams.trainable}: set model.trainable=all with it."
+            )
+        if self.feature_fn is not None:  # already built by its user (eval.py), who chose
+            return
+        choose_runtime(
+            self.hparams.backbone_runtime,
+            self.hparams.get("backbone_precision", "fp32"),
+            self.trainer.strategy.root_device,
+        )
+
     def _shared_step(self, batch: Any, stage: str) -> dict[str, torch.Tensor]:
         x, y, idx = batch
-        logits = self.net.head(self.net.features(x))
+        use_runtime = self.feature_fn is not None and x.ndim == 4 and stage != "train"
+        features = self.feature_fn(x).to(self.dtype) if use_runtime else self.net.features(x)
+        logits = self.net.head(features)
         loss = self.loss_fn(logits, y)
         probs = logits.softmax(dim=-1)[:, 1]
         metrics = self.metrics[f"{stage}_"]
@@ -206,15 +231,6 @@ class CrackClassifier(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         """Re-assert the backbone's mode, whatever a loop or callback did to the module tree."""
         self.train(True)
-
-    def setup(self, stage: str) -> None:
-        """Refuse a fine-tuning callback that would unfreeze more than `model.trainable` says."""
-        finetuning = [c for c in self.trainer.callbacks if isinstance(c, BaseFinetuning)]
-        if finetuning and self.hparams.trainable != "all":
-            raise ConfigError(
-                f"callbacks.{type(finetuning[0]).__name__} unfreezes the whole backbone, but "
-                f"model.trainable={self.hparams.trainable}: set model.trainable=all with it."
-            )
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters: the head at the optimizer's lr, the backbone at model.backbone_lr."""
