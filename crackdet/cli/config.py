@@ -12,13 +12,23 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
 
+def backbone_preprocessing(field: str, backbone: str, weights: str | None) -> Any:
+    """`image_size`, `mean` or `std` of the backbone's weights (crackdet.models.backbone)."""
+    from crackdet.models.backbone import preprocessing
+
+    value = getattr(preprocessing(backbone, weights), field)
+    return list(value) if isinstance(value, tuple) else value
+
+
 def register_resolvers() -> None:
-    """Make `${project_root:}` available to the configs.
+    """Make `${project_root:}` and `${backbone_preprocessing:...}` available to the configs.
 
     Safe to call more than once.
     """
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("backbone_preprocessing"):
+        OmegaConf.register_new_resolver("backbone_preprocessing", backbone_preprocessing)
 
 
 def run_settings(cfg: DictConfig) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
+from crackdet.cli.sweep_figure import plot_accuracy_vs_speed
 from crackdet.distributed import process_rank
 from crackdet.errors import ConfigError
 from crackdet.io import write_csv, write_json
@@ -43,6 +44,8 @@ SUMMARY_METRICS = (
     "test/f1",
     "test/auroc",
 )
+#: What each job cost, from the "cost" section of its metrics.json (crackdet.training.callbacks.cost).
+COST_COLUMNS = ("parameters", "trainable_parameters", "train_images_per_s", "cached_features")
 #: The subset the console table shows (summary.csv has them all).
 TABLE_METRICS = ("val/acc", "val/loss", "test/acc", "test/f1")
 SUMMARY_COLUMNS = (
@@ -53,6 +56,7 @@ SUMMARY_COLUMNS = (
     "optimized_metric",
     "value",
     *SUMMARY_METRICS,
+    *COST_COLUMNS,
     "error",
     "output_dir",
 )
@@ -108,6 +112,7 @@ def job_record(config: DictConfig, job_return: JobReturn) -> dict[str, Any]:
         "optimized_metric": name,
         "value": metrics.get(name),
         "metrics": {metric: metrics.get(metric) for metric in SUMMARY_METRICS},
+        "cost": {column: (results.get("cost") or {}).get(column) for column in COST_COLUMNS},
         "error": error_line(job_return) if failed else "",
         "output_dir": str(output_dir),
     }
@@ -169,6 +174,7 @@ def write_summary(sweep_dir: Path, maximize: bool = True) -> list[dict[str, Any]
                 r["optimized_metric"],
                 r["value"],
                 *(r["metrics"].get(m) for m in SUMMARY_METRICS),
+                *((r.get("cost") or {}).get(c) for c in COST_COLUMNS),
                 r["error"],
                 r["output_dir"],
             ]
@@ -276,6 +282,7 @@ class SweepSummary(Callback):
             return
         sweep_dir, self._sweep_dir = self._sweep_dir, None
         rows = write_summary(sweep_dir, self.maximize)
+        plot_accuracy_vs_speed(rows, varying_overrides(rows), sweep_dir)
         print_summary(rows, f"{len(rows)} job(s), best first: {sweep_dir / SUMMARY_FILE}")
 
 

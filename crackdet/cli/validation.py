@@ -30,6 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import InterpolationResolutionError
 
 from crackdet.cli.run_dir import record_start
 from crackdet.data.datamodule import SPLIT_MODES
@@ -38,9 +39,10 @@ from crackdet.data.splits import check_fractions
 from crackdet.distributed import process_rank
 from crackdet.errors import ConfigError, CrackdetError, write_failure_reason
 from crackdet.evaluation.threshold import check_target_recall
-from crackdet.models.backbone import resolve_weights
+from crackdet.models.backbone import DEFAULT_BACKBONE, resolve_weights
 from crackdet.models.runtime import RUNTIMES
 from crackdet.models.torch_model import BN_MODES
+from crackdet.models.trainable import TRAINABLE
 
 log = logging.getLogger("crackdet")
 
@@ -127,7 +129,8 @@ SETTING_RULES: dict[str, Rule] = {
     "model.dropout": number(0, 1, high_open=True),
     "model.bn_mode": one_of(*BN_MODES),
     "model.num_classes": Rule("2: the labels are crack (1) and no crack (0)", lambda v: v == 2),
-    "model.freeze_backbone": BOOLEAN,
+    "model.trainable": one_of(*TRAINABLE),
+    "model.backbone_lr": number(0, low_open=True) | NULL,
     "model.channels_last": BOOLEAN,
     "model.backbone_runtime": one_of(*RUNTIMES),
     "trainer.precision": Rule(
@@ -160,7 +163,10 @@ def check_settings(cfg: DictConfig) -> list[str]:
     """Every setting of `cfg` that breaks its rule in SETTING_RULES, as `key=value must be ...`."""
     problems = []
     for key, rule in SETTING_RULES.items():
-        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        try:
+            value = OmegaConf.select(cfg, key, default=_ABSENT)
+        except InterpolationResolutionError:
+            continue  # read from a setting with its own check (data.image_size: model.backbone)
         if value is not _ABSENT and not rule.accepts(value):
             problems.append(f"{key}={value} must be {rule.must_be}.")
     return problems
@@ -295,13 +301,18 @@ def start_problems(cfg: DictConfig) -> list[CrackdetError]:
     """Every problem of a training config found before any work: values, files and folders."""
     problems: list[CrackdetError] = [ConfigError(p) for p in check_settings(cfg)]
     bad = {p.args[0].split("=", 1)[0] for p in problems}
+    try:
+        # First: the data's input size and mean/std are read from the backbone's weights.
+        resolve_weights(cfg.model.get("weights"), cfg.model.get("backbone", DEFAULT_BACKBONE))
+    except CrackdetError as problem:
+        problems.append(problem)
+        bad.add("model.backbone")
     checks: list[tuple[str | None, Callable[[], Any]]] = [
         (None, lambda: _check_outputs(cfg)),
         (None, lambda: _check_run(cfg)),
         (None, lambda: _check_data(cfg.data)),
         (None, lambda: _check_fractions(cfg.data)),
-        (None, lambda: _check_normalization(cfg.data)),
-        (None, lambda: resolve_weights(cfg.model.get("weights"))),
+        ("model.backbone", lambda: _check_normalization(cfg.data)),
         ("trainer.max_epochs", lambda: _check_epochs(cfg.trainer)),
         ("callbacks.operating_point.target_recall", lambda: _check_target_recall(cfg)),
     ]

@@ -32,16 +32,11 @@ from crackdet.data.scan import (
 )
 from crackdet.data.splits import Splits, reference_split, stratified_split
 from crackdet.data.synthetic import make_synthetic_dataset
-from crackdet.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    eval_transform,
-    is_deterministic,
-    train_transform,
-)
+from crackdet.data.transforms import eval_transform, is_deterministic, train_transform
 from crackdet.distributed import eval_sampler
 from crackdet.errors import ConfigError, DataError
 from crackdet.io import atomic_write_text
+from crackdet.models.backbone import preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +50,7 @@ class CrackDataModule(L.LightningDataModule):
         self,
         data_dir: str,
         classes: Mapping[str, Sequence[str]] | None = None,
-        image_size: int = 224,
+        image_size: int | None = None,
         batch_size: int = 100,
         num_workers: int = 2,
         split: str = "seed",
@@ -64,8 +59,8 @@ class CrackDataModule(L.LightningDataModule):
         split_seed: int = 42,
         augmentation: Mapping[str, Any] | None = None,
         on_bad_image: str = "error",
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         cache_dir: str | None = None,
         output_dir: str | None = None,
         synthetic: Mapping[str, int] | None = None,
@@ -74,10 +69,12 @@ class CrackDataModule(L.LightningDataModule):
         manifest: SplitManifest | None = None,
     ):
         super().__init__()
+        # Unset: what the default backbone's weights expect (the configs take it from model.*).
+        default = preprocessing()
         classes = dict(classes or {"negative": ["Negative"], "positive": ["Positive"]})
         self.classes = {k: [v] if isinstance(v, str) else list(v) for k, v in classes.items()}
         self.data_dir = str(data_dir)
-        self.image_size = int(image_size)
+        self.image_size = int(default.image_size if image_size is None else image_size)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.split = split
@@ -87,7 +84,8 @@ class CrackDataModule(L.LightningDataModule):
         self.split_seed = 0 if split_seed is None else int(split_seed)
         self.augmentation = dict(augmentation or {})
         self.on_bad_image = on_bad_image
-        self.mean, self.std = list(mean), list(std)
+        self.mean = list(default.mean if mean is None else mean)
+        self.std = list(default.std if std is None else std)
         self.cache_dir = cache_dir
         self.output_dir = output_dir
         self.synthetic = dict(synthetic) if synthetic else None
@@ -137,7 +135,7 @@ class CrackDataModule(L.LightningDataModule):
             raise ConfigError(f"data.batch_size={self.batch_size} must be a positive integer.")
         if self.image_size < 32:
             raise ConfigError(
-                f"data.image_size={self.image_size} is too small for ResNet18; use 32 or more."
+                f"data.image_size={self.image_size} is too small for the backbone; use 32 or more."
             )
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} must be 0 or more.")

@@ -8,9 +8,6 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 class RandomRot90:
     """Rotate by a random multiple of 90 degrees: cracks have no preferred orientation."""
@@ -31,8 +28,8 @@ def _to_tensor(image_size: int) -> list:
 
 def eval_transform(
     image_size: int,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> v2.Compose:
     """Deterministic preprocessing: RGB PIL image -> resized, normalised float tensor."""
     return v2.Compose([*_to_tensor(image_size), v2.Normalize(list(mean), list(std))])
@@ -41,8 +38,8 @@ def eval_transform(
 def train_transform(
     augmentation: Mapping[str, Any],
     image_size: int,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> v2.Compose:
     """Preprocessing plus the augmentations an `augmentation` preset switches on."""
     aug = dict(augmentation)
@@ -86,8 +83,8 @@ def is_deterministic(augmentation: Mapping[str, Any]) -> bool:
 
 def denormalize(
     images: torch.Tensor,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> torch.Tensor:
     """Undo normalisation for display, clamped to [0, 1]."""
     m = torch.tensor(mean, dtype=images.dtype).view(-1, 1, 1)

@@ -27,6 +27,7 @@ from crackdet.evaluation.threshold import (
     threshold_metrics,
 )
 from crackdet.models.lightning_model import CrackClassifier
+from crackdet.models.trainable import feature_map_layer
 
 #: Which mistakes: true crack called "no crack" (missed) or the reverse (false alarm).
 MISTAKE_KINDS = {"fn": ("false negatives", 1), "fp": ("false positives", 0)}
@@ -159,17 +160,18 @@ def mistakes_figure(run: Run, kind: str, k: int = 8, columns: int = 4) -> Figure
 
 
 def gradcam_maps(model: CrackClassifier, images: torch.Tensor, target_class: int = 1) -> np.ndarray:
-    """Grad-CAM heat maps (N, H, W in [0, 1]) of `target_class` from the last ResNet block.
+    """Grad-CAM heat maps (N, H, W in [0, 1]) of `target_class` from the backbone's last block.
 
     The frozen backbone's weights need no gradient: the input is made to require one, so the
-    activations of layer4 do, which is all Grad-CAM differentiates.
+    activations of the last block (ResNet layer4[-1]) do, which is all Grad-CAM differentiates.
     """
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     targets = [ClassifierOutputTarget(target_class)] * len(images)
     net = model.net
-    with GradCAM(model=net, target_layers=[net.backbone.layer4[-1]]) as cam:
+    layer = feature_map_layer(net.backbone, net.native_size)
+    with GradCAM(model=net, target_layers=[layer]) as cam:
         return cam(input_tensor=images.detach().clone().requires_grad_(True), targets=targets)
 
 

@@ -79,7 +79,8 @@ def data_settings(data: DictConfig, recorded: Mapping[str, Any], ckpt_path: str)
     if settings["data_dir"] is None:
         raise ConfigError(
             f"ckpt_path={ckpt_path} records no data settings; pass data.data_dir=<folder> "
-            "data.split=all (plus data.image_size=<training size> if it was not 224)."
+            "data.split=all (plus data.image_size=<training size> if it was not 224, the default "
+            "backbone's)."
         )
     classes = {**recorded.get("classes", {})}
     classes.update({k: v for k, v in (given.get("classes") or {}).items() if v is not None})

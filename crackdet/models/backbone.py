@@ -1,36 +1,68 @@
-"""Where the ResNet18 backbone is built, its weights resolved, and it is frozen."""
+"""Where the backbone (any torchvision classification model) is built and its weights resolved.
+
+`model.backbone` names a model of torchvision's registry (`torchvision.models.list_models`);
+`model.weights` names one of its weights enums, a local state-dict file, or null. The
+classifier's last Linear layer is removed: its input width is the feature width, and the
+preprocessing (input size, mean/std) comes from the chosen weights' metadata.
+"""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import torch
+import torchvision
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18
+from torchvision.models import WeightsEnum, get_model, get_model_weights, list_models
 
-from crackdet.errors import WeightsError
+from crackdet.errors import ConfigError, WeightsError
 
-FEATURE_DIM = 512
+DEFAULT_BACKBONE = "resnet18"
 
 
-def torchvision_cache_file(weights: ResNet18_Weights) -> Path:
+@cache
+def classification_models() -> tuple[str, ...]:
+    """Names of every classification model in torchvision's registry (resnet18, convnext_tiny...)."""
+    return tuple(list_models(module=torchvision.models))
+
+
+def check_backbone(name: str) -> str:
+    """Return `name` when torchvision has a classification model of that name, else raise."""
+    models = classification_models()
+    if name not in models:
+        close = difflib.get_close_matches(str(name), models, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"model.backbone={name} is not a torchvision classification model.{hint} "
+            f"Available: {', '.join(models)}."
+        )
+    return name
+
+
+def torchvision_cache_file(weights: WeightsEnum) -> Path:
     """Where torchvision's loader looks for (and downloads) a weights file."""
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
 
 
-def _enum_weights(name: str) -> ResNet18_Weights:
+def _enum_weights(name: str, backbone: str) -> WeightsEnum:
+    enum = get_model_weights(backbone)
+    # "IMAGENET1K_V2", "DEFAULT" or the qualified "ResNet50_Weights.IMAGENET1K_V2".
+    member = name.removeprefix(f"{enum.__name__}.")
     try:
-        return ResNet18_Weights[name]
+        return enum[member]
     except KeyError:
         raise WeightsError(
-            f"model.weights={name} is neither a torchvision ResNet18 weights name "
-            f"({', '.join(ResNet18_Weights.__members__)}), nor an existing file, nor null."
+            f"model.weights={name} is neither a torchvision {backbone} weights name "
+            f"({', '.join(enum.__members__)}), nor an existing file, nor null."
         ) from None
 
 
-def _download_enum_weights(weights: ResNet18_Weights) -> dict[str, torch.Tensor]:
+def _download_enum_weights(weights: WeightsEnum) -> dict[str, torch.Tensor]:
     target = torchvision_cache_file(weights)
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
@@ -73,8 +105,11 @@ def weights_identity(weights: str | None) -> str:
     return f"torchvision:{weights}"
 
 
-def resolve_weights(weights: str | None) -> Path | ResNet18_Weights | None:
-    """`model.weights` as an existing file or a torchvision weights name; nothing is read yet."""
+def resolve_weights(
+    weights: str | None, backbone: str = DEFAULT_BACKBONE
+) -> Path | WeightsEnum | None:
+    """`model.weights` as an existing file or a torchvision weights enum; nothing is read yet."""
+    check_backbone(backbone)
     if weights is None:
         return None
     path = Path(str(weights)).expanduser()
@@ -83,46 +118,91 @@ def resolve_weights(weights: str | None) -> Path | ResNet18_Weights | None:
     if "/" in str(weights) or str(weights).endswith((".pt", ".pth", ".bin")):
         raise WeightsError(
             f"model.weights={weights}: no such file. Give an existing state-dict file, a "
-            "torchvision weights name (IMAGENET1K_V1) or null."
+            f"torchvision {backbone} weights name ({', '.join(get_model_weights(backbone).__members__)}) "
+            "or null."
         )
-    return _enum_weights(str(weights))
+    return _enum_weights(str(weights), backbone)
 
 
-def build_backbone(weights: str | None) -> nn.Module:
-    """ResNet18 with its classifier removed, giving 512 features per image.
+@dataclass(frozen=True)
+class Preprocessing:
+    """What the backbone expects of an image: its square input size and normalisation."""
 
-    `weights`: a torchvision enum name such as "IMAGENET1K_V1", a path to a state-dict file, or
-    None for random initialisation. Never falls back to random weights when loading fails.
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def preprocessing(backbone: str = DEFAULT_BACKBONE, weights: str | None = None) -> Preprocessing:
+    """The input size and mean/std of the chosen weights' transforms (metadata, nothing is read).
+
+    A weights file or null uses the architecture's default weights' values: the resolution and
+    normalisation the architecture is trained at. The input size is the weights' crop size; the
+    whole image is resized to it (no crop: the whole photo is evidence).
     """
-    model = resnet18(weights=None)
-    resolved = resolve_weights(weights)
+    resolved = resolve_weights(weights, backbone)
+    enum = resolved if isinstance(resolved, WeightsEnum) else get_model_weights(backbone).DEFAULT
+    transforms = enum.transforms()
+    return Preprocessing(
+        image_size=int(transforms.crop_size[0]),
+        mean=tuple(float(v) for v in transforms.mean),
+        std=tuple(float(v) for v in transforms.std),
+    )
+
+
+def _classifier(model: nn.Module, backbone: str) -> tuple[str, nn.Linear]:
+    """The model's last Linear layer (resnet `fc`, efficientnet `classifier.1`, ...) by name."""
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(
+            f"model.backbone={backbone} ends in no Linear classifier layer, so crackdet cannot "
+            "take its features; choose another torchvision model."
+        )
+    return linears[-1]
+
+
+def _check_fits(
+    model: nn.Module, state: dict[str, torch.Tensor], skipped: str, source: str, backbone: str
+) -> dict[str, torch.Tensor]:
+    """The part of `state` this model loads; an error naming keys or shapes that do not fit."""
+    # The classifier is replaced anyway; a checkpoint with any classifier (or none) is acceptable.
+    state = {k: v for k, v in state.items() if not k.startswith(skipped)}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(skipped)}
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise WeightsError(
+            f"model.weights={source} does not fit model.backbone={backbone}: missing keys {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''} ({len(missing)}), unexpected keys "
+            f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})."
+        )
+    wrong = [k for k in own if own[k].shape != state[k].shape]
+    if wrong:
+        raise WeightsError(
+            f"model.weights={source} does not fit model.backbone={backbone}: shape mismatch for {wrong[:5]} "
+            f"(e.g. {wrong[0]}: file {tuple(state[wrong[0]].shape)}, "
+            f"model {tuple(own[wrong[0]].shape)})."
+        )
+    return state
+
+
+def build_backbone(weights: str | None, backbone: str = DEFAULT_BACKBONE) -> nn.Module:
+    """The torchvision model `backbone` without its last Linear layer, giving features per image.
+
+    The returned module's `feature_dim` is the features' width (512 for resnet18). `weights`: a
+    torchvision enum name such as "IMAGENET1K_V1", a path to a state-dict file, or None for
+    random initialisation. Never falls back to random weights when loading fails.
+    """
+    resolved = resolve_weights(weights, backbone)
+    model = get_model(backbone, weights=None)
+    name, classifier = _classifier(model, backbone)
     if resolved is not None:
         if isinstance(resolved, Path):
-            state = _file_weights(resolved)
-            source = str(resolved)
+            state, source = _file_weights(resolved), str(resolved)
         else:
-            state = _download_enum_weights(resolved)
-            source = resolved.name
-        # The classifier is replaced anyway; a checkpoint with any fc (or none) is acceptable.
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        expected = {k for k in model.state_dict() if not k.startswith("fc.")}
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        if missing or unexpected:
-            raise WeightsError(
-                f"model.weights={source} does not fit ResNet18: missing keys {missing[:5]}"
-                f"{'...' if len(missing) > 5 else ''} ({len(missing)}), unexpected keys "
-                f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})."
-            )
-        own = model.state_dict()
-        wrong = [k for k in expected if own[k].shape != state[k].shape]
-        if wrong:
-            raise WeightsError(
-                f"model.weights={source} does not fit ResNet18: shape mismatch for {wrong[:5]} "
-                f"(e.g. {wrong[0]}: file {tuple(state[wrong[0]].shape)}, "
-                f"model {tuple(own[wrong[0]].shape)})."
-            )
-        model.load_state_dict(state, strict=False)
-    model.fc = nn.Identity()
+            state, source = _download_enum_weights(resolved), resolved.name
+        model.load_state_dict(_check_fits(model, state, f"{name}.", source, backbone), strict=False)
+    model.set_submodule(name, nn.Identity())
+    model.feature_dim = classifier.in_features
     return model
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import BaseFinetuning
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MaxMetric, MetricCollection, SumMetric
@@ -20,8 +21,11 @@ from torchmetrics.classification import (
     BinarySpecificity,
 )
 
+from crackdet.errors import ConfigError
+from crackdet.models.backbone import DEFAULT_BACKBONE
 from crackdet.models.runtime import FeatureFn, check_precision, check_runtime, choose_runtime
 from crackdet.models.torch_model import CrackNet
+from crackdet.models.trainable import check_trainable
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
 
@@ -49,13 +53,13 @@ def stage_metrics(prefix: str) -> MetricCollection:
 
 
 class CrackClassifier(L.LightningModule):
-    """ResNet18 features (frozen by default) followed by a Linear(512, 2) head."""
+    """Backbone features (frozen by default) followed by a Linear(feature width, 2) head."""
 
     def __init__(
         self,
         weights: str | None = None,
         bn_mode: str = "frozen",
-        freeze_backbone: bool = True,
+        trainable: str = "head",
         num_classes: int = 2,
         dropout: float = 0.0,
         optimizer: Mapping[str, Any] | None = None,
@@ -64,15 +68,22 @@ class CrackClassifier(L.LightningModule):
         channels_last: bool = True,
         backbone_runtime: str = "auto",
         backbone_precision: str = "fp32",
+        backbone: str = DEFAULT_BACKBONE,
+        backbone_lr: float | None = None,
     ):
         super().__init__()
         check_runtime(backbone_runtime)
         check_precision(backbone_precision)
+        check_trainable(trainable)
+        if backbone_lr is not None and not backbone_lr > 0:
+            raise ConfigError(f"model.backbone_lr={backbone_lr} must be above 0 (or null).")
         self.save_hyperparameters(
             {
+                "backbone": str(backbone),
                 "weights": None if weights is None else str(weights),
                 "bn_mode": bn_mode,
-                "freeze_backbone": bool(freeze_backbone),
+                "trainable": trainable,
+                "backbone_lr": None if backbone_lr is None else float(backbone_lr),
                 "num_classes": int(num_classes),
                 "dropout": float(dropout),
                 "optimizer": _plain(optimizer) or dict(DEFAULT_OPTIMIZER),
@@ -88,7 +99,8 @@ class CrackClassifier(L.LightningModule):
         self.net = CrackNet(
             weights=weights,
             bn_mode=bn_mode,
-            freeze_backbone=freeze_backbone,
+            trainable=trainable,
+            backbone=backbone,
             num_classes=num_classes,
             dropout=dropout,
             channels_last=channels_last,
@@ -129,7 +141,14 @@ class CrackClassifier(L.LightningModule):
             state[f"net.{key}"] = state.pop(key)
 
     def setup(self, stage: str) -> None:
-        """Refuse a backbone runtime or precision this machine cannot run, before any work."""
+        """Refuse a backbone runtime or precision this machine cannot run, or a fine-tuning
+        callback that would unfreeze more than `model.trainable` says, before any work."""
+        finetuning = [c for c in self.trainer.callbacks if isinstance(c, BaseFinetuning)]
+        if finetuning and self.hparams.trainable != "all":
+            raise ConfigError(
+                f"callbacks.{type(finetuning[0]).__name__} unfreezes the whole backbone, but "
+                f"model.trainable={self.hparams.trainable}: set model.trainable=all with it."
+            )
         if self.feature_fn is not None:  # already built by its user (eval.py), who chose
             return
         choose_runtime(
@@ -213,10 +232,19 @@ class CrackClassifier(L.LightningModule):
         """Re-assert the backbone's mode, whatever a loop or callback did to the module tree."""
         self.train(True)
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters: the head at the optimizer's lr, the backbone at model.backbone_lr."""
+        groups = [{"params": [p for p in self.net.head.parameters() if p.requires_grad]}]
+        backbone = [p for p in self.net.backbone.parameters() if p.requires_grad]
+        if backbone:
+            lr = self.hparams.backbone_lr
+            groups.append({"params": backbone, **({} if lr is None else {"lr": lr})})
+            groups[0]["name"], groups[1]["name"] = "head", "backbone"
+        return groups
+
     def configure_optimizers(self) -> Any:
         """The configured optimizer over trainable parameters only, plus an optional scheduler."""
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        optimizer = instantiate(self.hparams.optimizer)(params=trainable)
+        optimizer = instantiate(self.hparams.optimizer)(params=self.param_groups())
         if not self.hparams.scheduler:
             return optimizer
         scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)

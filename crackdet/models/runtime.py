@@ -37,7 +37,7 @@ AUTO_ORDER_CPU = ("openvino", "onnxruntime", "eager")
 #: The Python package each runtime needs, and how to install it.
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
-#: A batch of normalised images (N, 3, H, W) -> features (N, 512), without autograd.
+#: A batch of normalised images (N, 3, H, W) -> features (N, feature width), without autograd.
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
 

@@ -6,26 +6,33 @@ nothing of Lightning, so it can be built and tested without a Trainer.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from crackdet.errors import ConfigError
-from crackdet.models.backbone import FEATURE_DIM, build_backbone, freeze
+from crackdet.models.backbone import DEFAULT_BACKBONE, build_backbone, preprocessing
+from crackdet.models.trainable import set_trainable
+
+log = logging.getLogger(__name__)
 
 BN_MODES = ("frozen", "train")
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 class CrackNet(nn.Module):
-    """ResNet18 features (frozen by default) followed by a Linear(512, num_classes) head."""
+    """Backbone features (frozen by default) followed by a Linear(feature width, classes) head."""
 
     def __init__(
         self,
         weights: str | None = None,
         bn_mode: str = "frozen",
-        freeze_backbone: bool = True,
+        trainable: str = "head",
         num_classes: int = 2,
         dropout: float = 0.0,
         channels_last: bool = True,
+        backbone: str = DEFAULT_BACKBONE,
     ):
         super().__init__()
         if bn_mode not in BN_MODES:
@@ -33,37 +40,45 @@ class CrackNet(nn.Module):
         if not 0 <= dropout < 1:
             raise ConfigError(f"model.dropout={dropout} must lie in [0, 1).")
         self.bn_mode = bn_mode
-        self.freeze_backbone = bool(freeze_backbone)
         self.channels_last = bool(channels_last)
-        self.backbone = build_backbone(weights)
-        if self.freeze_backbone:
-            freeze(self.backbone)
+        self.backbone = build_backbone(weights, backbone)
+        #: The input size the backbone's weights were trained at (its shapes are traced at it).
+        self.native_size = preprocessing(backbone, weights).image_size
+        trained = set_trainable(
+            self.backbone, trainable, f"model.backbone={backbone}", self.native_size
+        )
+        if trainable == "last_stage":
+            log.info("model.trainable=last_stage trains backbone modules %s.", ", ".join(trained))
         if self.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         head_layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
-        self.head = nn.Sequential(*head_layers, nn.Linear(FEATURE_DIM, num_classes))
+        self.head = nn.Sequential(*head_layers, nn.Linear(self.backbone.feature_dim, num_classes))
         self.train(self.training)
+
+    @property
+    def backbone_trains(self) -> bool:
+        """True when some backbone parameter is trainable (model.trainable, or a callback)."""
+        return any(p.requires_grad for p in self.backbone.parameters())
 
     @property
     def backbone_frozen_in_eval(self) -> bool:
         """True when the backbone's outputs cannot change during training."""
-        return self.freeze_backbone and self.bn_mode == "frozen"
+        return not self.backbone_trains and self.bn_mode == "frozen"
 
     def train(self, mode: bool = True) -> CrackNet:
-        """Switch modes, but keep a frozen backbone's BatchNorm statistics fixed."""
+        """Switch modes; frozen backbone parts (and all BatchNorm under bn_mode=frozen) stay in eval.
+
+        With no backbone weight training, bn_mode=train keeps the reference notebook's drift of
+        the whole backbone's BatchNorm statistics; otherwise frozen parts never change.
+        """
         super().train(mode)
-        if self.bn_mode == "frozen":
-            # A trained backbone still keeps its BatchNorm statistics (and uses them) as loaded.
-            frozen = (
-                [self.backbone]
-                if self.freeze_backbone
-                else [
-                    m
-                    for m in self.backbone.modules()
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                ]
-            )
-            for module in frozen:
+        if not mode or (self.bn_mode == "train" and not self.backbone_trains):
+            return self
+        for module in self.backbone.modules():
+            # modules() runs parents first: a frozen block's children follow it into eval mode.
+            parameters = list(module.parameters())
+            frozen = bool(parameters) and not any(p.requires_grad for p in parameters)
+            if frozen or (self.bn_mode == "frozen" and isinstance(module, BATCH_NORMS)):
                 module.eval()
         return self
 
@@ -73,7 +88,7 @@ class CrackNet(nn.Module):
             return x
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.freeze_backbone:
+        if not self.backbone_trains:
             # No autograd graph through a frozen backbone: faster and far less memory.
             with torch.no_grad():
                 return self.backbone(x)

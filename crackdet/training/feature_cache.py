@@ -1,6 +1,6 @@
 """Backbone features computed once per image content and backbone, kept on disk, served as datasets.
 
-With a frozen backbone in eval mode and deterministic preprocessing, an image's 512 features never
+With a frozen backbone in eval mode and deterministic preprocessing, an image's features never
 change. They are kept in `<cache_dir>/features/<settings key>/`, a folder per setting (weights,
 preprocessing, numerics) holding chunk files that map each image's content fingerprint to its
 features. Later epochs, every job of a sweep and every Optuna trial train the head on them in
@@ -52,7 +52,6 @@ from crackdet.data.scan import ImageRecord
 from crackdet.data.transforms import eval_transform
 from crackdet.errors import ConfigError, DataError
 from crackdet.io import atomic_write_bytes
-from crackdet.models.backbone import FEATURE_DIM
 from crackdet.models.runtime import FeatureFn, build_feature_extractor, module_digest
 
 log = logging.getLogger(__name__)
@@ -93,8 +92,11 @@ def usage_problem(datamodule: CrackDataModule, model: L.LightningModule) -> str 
     hparams = model.hparams
     if datamodule.feature_cache == "off":
         return "data.feature_cache=off"
-    if not hparams.get("freeze_backbone", False):
-        return "model.freeze_backbone=false: the backbone is trained, so its features change"
+    if hparams.get("trainable", "head") != "head":
+        return (
+            f"model.trainable={hparams.get('trainable')}: backbone weights train, so its "
+            "features change"
+        )
     if hparams.get("bn_mode") != "frozen":
         return (
             f"model.bn_mode={hparams.get('bn_mode')}: BatchNorm statistics change at every "
@@ -200,7 +202,8 @@ class FeatureStore:
     def _read_chunk(self, path: Path) -> dict[str, torch.Tensor]:
         stored = torch.load(path, map_location="cpu", weights_only=True)
         features, fingerprints = stored["features"], stored["fingerprints"]
-        if stored["key"] != self.key or tuple(features.shape) != (len(fingerprints), FEATURE_DIM):
+        # The key covers the backbone, so its feature width is the backbone's own.
+        if stored["key"] != self.key or features.ndim != 2 or len(features) != len(fingerprints):
             raise ValueError(f"it holds other features (shape {tuple(features.shape)})")
         if features.dtype != torch.float32 or stored["checksum"] != _checksum(features):
             raise ValueError("its contents do not match their checksum")
@@ -316,13 +319,15 @@ def extract_features(
     device: torch.device | None = None,
 ) -> torch.Tensor:
     """Features of `records`' images, in their order, with a progress bar (no cache involved)."""
-    features = torch.empty(len(records), FEATURE_DIM)
+    features: torch.Tensor | None = None
     with _progress(show_progress) as progress:
         task = progress.add_task("Extracting backbone features", total=len(records))
         for index, batch in extract_batches(datamodule, extract, records, device):
+            if features is None:  # the width is the backbone's (512 for resnet18)
+                features = torch.empty(len(records), batch.shape[1])
             features[index] = batch
             progress.advance(task, len(index))
-    return features
+    return torch.empty(0, 0) if features is None else features
 
 
 def _extractor(
@@ -455,7 +460,7 @@ def cached_features(
     digest = backbone_digest or module_digest(backbone)
     key = settings_key(digest, datamodule, runtime, precision.precision, backbone_precision)
     store = FeatureStore(Path(datamodule.cache_dir) / "features" / key, key)
-    features = torch.empty(len(records), FEATURE_DIM)
+    features = torch.empty(len(records), backbone.feature_dim)
     with isolate_rng(), ExitStack() as held:
         fingerprints: list[str] = []  # rank 0's only: it alone reads and writes the cache
 

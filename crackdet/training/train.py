@@ -22,6 +22,7 @@ from crackdet.errors import ConfigError
 from crackdet.evaluation.threshold import stored_operating_point
 from crackdet.extras import check_logger_extras
 from crackdet.io import write_json
+from crackdet.training.callbacks.cost import training_cost
 from crackdet.training.trackers import record_run_outputs
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         results["fit"] = _scalars(trainer.callback_metrics)
+        results["cost"] = training_cost(trainer)
         best = best_checkpoint(callbacks)
         results["best_checkpoint"] = best
         if best:

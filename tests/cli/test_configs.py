@@ -42,7 +42,7 @@ def test_every_train_group_option_composes(tmp_path: Path, group: str, option: s
 def test_baseline_is_the_reference_notebook(tmp_path: Path) -> None:
     cfg = compose_cfg(tmp_path, ["experiment=baseline"])
     assert cfg.model.weights == "IMAGENET1K_V1"
-    assert cfg.model.freeze_backbone is True
+    assert cfg.model.trainable == "head"
     assert cfg.model.bn_mode == "frozen"
     assert cfg.model.num_classes == 2
     assert cfg.model.optimizer._target_ == "torch.optim.Adam"

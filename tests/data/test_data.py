@@ -258,7 +258,7 @@ def test_augmentation_presets_keep_shape(preset: str) -> None:
         OmegaConf.load(CONFIG_DIR / "data" / "augmentation" / f"{preset}.yaml")
     )
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 60, 3), dtype=np.uint8))
-    out = train_transform(aug, 48)(image)
+    out = train_transform(aug, 48, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))(image)
     assert out.shape == (3, 48, 48)
 
 

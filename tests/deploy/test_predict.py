@@ -84,7 +84,7 @@ def test_tiles_are_classified_like_data_set_images():
     boxes = tile_boxes(500, 300, tile=227, stride=227)
     assert [b[0] for b in boxes[:3]] == [0, 227, 273]  # the last column is flush with the edge
     assert {b[3] for b in boxes} == {227, 300}
-    transform = eval_transform(48)
+    transform = eval_transform(48, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     batches = list(tile_batches(pil_to_tensor(image), boxes, batch_size=4, transform=transform))
     assert [len(b) for b in batches] == [4, 2]
     expected = torch.stack([transform(image.crop(box)) for box in boxes])

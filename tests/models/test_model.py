@@ -86,7 +86,7 @@ def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_weights_file_that_does_not_fit_resnet18(tmp_path: Path) -> None:
     path = tmp_path / "other.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, path)
-    with pytest.raises(WeightsError, match="does not fit ResNet18: missing keys"):
+    with pytest.raises(WeightsError, match="does not fit model.backbone=resnet18: missing keys"):
         build_backbone(str(path))
     state = resnet18().state_dict()
     state["conv1.weight"] = torch.zeros(64, 1, 7, 7)
@@ -148,7 +148,7 @@ def test_checkpoint_holds_plain_hyperparameters(tiny_cfg) -> None:
 
 
 def test_a_trained_backbone_keeps_batchnorm_frozen_under_bn_mode_frozen() -> None:
-    model = CrackClassifier(weights=None, freeze_backbone=False).train()
+    model = CrackClassifier(weights=None, trainable="all").train()
     norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     convs = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
     assert norms and not any(m.training for m in norms)

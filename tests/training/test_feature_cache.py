@@ -258,7 +258,7 @@ def test_concurrent_jobs_extract_once_and_share_the_file(
         ("data.feature_cache=off", "data.feature_cache=off"),
         ("data/augmentation=flip", "data.augmentation=flip"),
         ("model.bn_mode=train", "model.bn_mode=train"),
-        ("model.freeze_backbone=false", "model.freeze_backbone=false"),
+        ("model.trainable=last_stage", "model.trainable=last_stage"),
     ],
 )
 def test_cache_is_not_used_when_features_could_change(tiny_cfg, override: str, reason: str):

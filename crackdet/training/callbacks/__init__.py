@@ -1,5 +1,6 @@
-"""Lightning callbacks: prediction files, evaluation figures, the operating point, resuming."""
+"""Lightning callbacks: prediction files, evaluation figures, the operating point, resuming, cost."""
 
+from crackdet.training.callbacks.cost import TrainingCost
 from crackdet.training.callbacks.figures import EvaluationFigures
 from crackdet.training.callbacks.operating_point import OperatingPoint
 from crackdet.training.callbacks.predictions import PredictionsWriter
@@ -11,4 +12,5 @@ __all__ = [
     "OperatingPoint",
     "PredictionsWriter",
     "ResumeState",
+    "TrainingCost",
 ]
