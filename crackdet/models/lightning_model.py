@@ -70,8 +70,12 @@ class CrackClassifier(L.LightningModule):
         backbone_precision: str = "fp32",
         backbone: str = DEFAULT_BACKBONE,
         backbone_lr: float | None = None,
+        freeze_backbone: bool | None = None,
     ):
         super().__init__()
+        if freeze_backbone is not None:
+            # Checkpoints written before model.trainable recorded this flag instead.
+            trainable = "head" if freeze_backbone else "all"
         check_runtime(backbone_runtime)
         check_precision(backbone_precision)
         check_trainable(trainable)

@@ -154,3 +154,20 @@ def test_a_trained_backbone_keeps_batchnorm_frozen_under_bn_mode_frozen() -> Non
     assert norms and not any(m.training for m in norms)
     assert all(m.training for m in convs)
     assert all(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_a_checkpoint_of_the_earlier_layout_loads_with_its_weights(tiny_cfg, tmp_path) -> None:
+    """Checkpoints written before `net.` and `model.trainable` (freeze_backbone) still load."""
+    results = train(tiny_cfg("test=false"))
+    checkpoint = torch.load(results["best_checkpoint"], weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    del hparams["trainable"], hparams["backbone"], hparams["backbone_precision"]
+    hparams["freeze_backbone"] = True
+    checkpoint["state_dict"] = {
+        k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()
+    }
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    model = CrackClassifier.load_from_checkpoint(old, weights=None)
+    assert model.hparams.trainable == "head"
+    assert torch.equal(model.head[-1].weight, checkpoint["state_dict"]["head.0.weight"])
