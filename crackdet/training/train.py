@@ -19,6 +19,7 @@ from crackdet.cli.validation import validate_train_config
 from crackdet.errors import ConfigError
 from crackdet.evaluation.threshold import stored_operating_point
 from crackdet.io import write_json
+from crackdet.models.checkpoint import check_resumable
 from crackdet.training.feature_cache import FeatureCache
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     model: L.LightningModule = instantiate(cfg.model)
+    if cfg.get("ckpt_path"):
+        # Before the trainer starts: Lightning would fail on a bad file with a traceback.
+        check_resumable(cfg.ckpt_path, model, resume=cfg.get("train", True))
     # FeatureCache decides from the data and model settings and logs why when it stays unused.
     callbacks = [*_instantiate_all(cfg.get("callbacks")), FeatureCache()]
     loggers: list[Logger] = _instantiate_all(cfg.get("logger"))
