@@ -31,7 +31,7 @@ def checkpoint_file(ckpt_path: str | Path | None, setting: str = "ckpt_path") ->
     path = Path(str(ckpt_path)).expanduser()
     if not path.is_file():
         raise ConfigError(
-            f"{setting}={ckpt_path}: no such file. Training writes checkpoints to "
+            f"{setting}={ckpt_path} does not exist (no such file). Training writes checkpoints to "
             "outputs/train/<run>/checkpoints/{best,last}.ckpt."
         )
     return path

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 import crackdet.deploy.predict
-from crackdet.data.images import load_rgb
 from crackdet.deploy.predict import predict
 from crackdet.errors import ConfigError, DataError
 from tests.conftest import PROJECT_ROOT, compose_cfg
@@ -75,16 +74,17 @@ def photos(image_folder) -> Path:
 def test_crash_keeps_the_rows_and_a_rerun_skips_them(
     best_ckpt: Path, photos: Path, tmp_path: Path, monkeypatch
 ):
-    run_dir, read = tmp_path / "run", []
+    run_dir, batches = tmp_path / "run", []
+    probabilities = crackdet.deploy.predict._Predictor.probabilities
 
-    def crashing_reader(path: Path):
-        read.append(path)
-        if len(read) == 6:
-            raise MemoryError("the machine ran out of memory")
-        return load_rgb(path)
+    def crashing_model(self, batch):
+        batches.append(len(batch))
+        if len(batches) == 3:
+            raise RuntimeError("CUDA out of memory")
+        return probabilities(self, batch)
 
-    monkeypatch.setattr(crackdet.deploy.predict, "load_rgb", crashing_reader)
-    with pytest.raises(MemoryError):
+    monkeypatch.setattr(crackdet.deploy.predict._Predictor, "probabilities", crashing_model)
+    with pytest.raises(RuntimeError, match="out of memory"):
         predict(_cfg(best_ckpt, photos, run_dir))
     kept = _rows(run_dir)
     assert len(kept) == 4  # two whole batches of 2, flushed before the crash
@@ -94,8 +94,7 @@ def test_crash_keeps_the_rows_and_a_rerun_skips_them(
         predict(_cfg(best_ckpt, photos, run_dir))
     assert _rows(run_dir) == kept
 
-    monkeypatch.setattr(crackdet.deploy.predict, "load_rgb", load_rgb)
-    read.clear()
+    monkeypatch.setattr(crackdet.deploy.predict._Predictor, "probabilities", probabilities)
     summary = predict(_cfg(best_ckpt, photos, run_dir, "predict.resume=true"))
     rows = _rows(run_dir)
     assert summary["already_done"] == 4 and summary["images"] == 4
