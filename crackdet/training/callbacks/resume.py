@@ -18,6 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torchmetrics import Metric
 
 from crackdet.cli.run import rerun_command
+from crackdet.seams import log_step_now
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +127,12 @@ class InterruptCheckpoint(L.Callback):
         """Take over SIGINT/SIGTERM (again) for the training loop."""
         self._install()
 
-    def _stop_if_requested(self, trainer: L.Trainer) -> None:
+    def _stop_if_requested(self, trainer: L.Trainer, in_step: bool = False) -> None:
         requested = self.received is not None or trainer.received_sigterm
         # A collective: a signal seen by one process stops all of them at the same step.
         if trainer.strategy.reduce_boolean_decision(requested, all=False):
+            if in_step:
+                log_step_now(trainer)  # the step is done: its logged values are kept too
             raise TrainingInterrupted(self.received or signal.SIGTERM)
 
     def on_train_batch_end(
@@ -144,7 +147,7 @@ class InterruptCheckpoint(L.Callback):
         # The epoch's validation and end-of-epoch logging come after its last step, and a run
         # resumed from that step would skip them: stop after the next step (or at the end).
         if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            self._stop_if_requested(trainer)
+            self._stop_if_requested(trainer, in_step=True)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """A signal during the last validation still stops the run (before testing)."""
