@@ -175,14 +175,16 @@ def test_resume_after_sigkill_from_last_or_mid_epoch_checkpoint_logs_the_same_me
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("signal_name", "again", "when"),
+    ("signal_name", "again", "when", "step"),
     [
-        ("SIGTERM", "at_once", "before the checkpoint was saved"),
-        ("SIGINT", "while_saving", "while interrupted.ckpt was saved"),
+        # Both signals during step 5: it stops before finishing it.
+        ("SIGTERM", "at_once", "before the checkpoint was saved", 5),
+        # The second one while saving after step 5.
+        ("SIGINT", "while_saving", "while interrupted.ckpt was saved", 6),
     ],
 )
 def test_a_second_signal_says_what_was_saved_and_what_was_not(
-    tmp_path: Path, synthetic_cache: Path, signal_name: str, again: str, when: str
+    tmp_path: Path, synthetic_cache: Path, signal_name: str, again: str, when: str, step: int
 ) -> None:
     run_dir = tmp_path / "run"
     status, output = finish(
@@ -199,7 +201,7 @@ def test_a_second_signal_says_what_was_saved_and_what_was_not(
     assert status == 128 + signal.Signals[signal_name], output
     assert "Traceback" not in output
     assert (
-        f"Received {signal_name} again {when}: stopped at once at epoch 1, step 5; "
+        f"Received {signal_name} again {when}: stopped at once at epoch 1, step {step}; "
         "interrupted.ckpt was NOT saved (no partial file is left)."
     ) in output
     assert "last.ckpt (epoch 0, step 4)" in output
