@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,23 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
 from crackdet.data.dataset import ImageRecordDataset
+from crackdet.data.manifest import (
+    MANIFEST_NAME,
+    STATE_KEY,
+    ManifestMatch,
+    SplitManifest,
+    differences,
+    match_folder,
+)
 from crackdet.data.resumable import ResumableDataLoader, ResumableSampler
-from crackdet.data.scan import ScanResult, format_bad_files, scan_folder
+from crackdet.data.scan import (
+    ImageRecord,
+    ScanResult,
+    bad_files_table,
+    format_bad_files,
+    scan_folder,
+    shown,
+)
 from crackdet.data.splits import Splits, reference_split, stratified_split
 from crackdet.data.synthetic import make_synthetic_dataset
 from crackdet.data.transforms import (
@@ -26,6 +42,8 @@ from crackdet.data.transforms import (
 from crackdet.distributed import eval_sampler
 from crackdet.errors import ConfigError, DataError
 from crackdet.io import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 SPLIT_MODES = ("seed", "stratified", "all")
 
@@ -53,6 +71,7 @@ class CrackDataModule(L.LightningDataModule):
         synthetic: Mapping[str, int] | None = None,
         pin_memory: bool = False,
         feature_cache: str = "auto",
+        manifest: SplitManifest | None = None,
     ):
         super().__init__()
         classes = dict(classes or {"negative": ["Negative"], "positive": ["Positive"]})
@@ -74,6 +93,8 @@ class CrackDataModule(L.LightningDataModule):
         self.synthetic = dict(synthetic) if synthetic else None
         self.pin_memory = pin_memory
         self.feature_cache = feature_cache
+        #: A training run's manifest to take the splits from (eval) instead of splitting anew.
+        self.given_manifest = manifest
         self._check_settings()
         self.save_hyperparameters(
             {
@@ -93,6 +114,11 @@ class CrackDataModule(L.LightningDataModule):
         self.splits: Splits | None = None
         self.scan: ScanResult | None = None
         self.n_duplicate_groups = 0
+        #: Which image was in which split, with its fingerprint (after setup).
+        self.manifest: SplitManifest | None = None
+        #: With a given manifest: which of its images were found unchanged (after setup).
+        self.manifest_match: ManifestMatch | None = None
+        self._manifest_written = False
         self.datasets: dict[str, ImageRecordDataset] = {}
         #: Set by crackdet.training.feature_cache.FeatureCache: split name -> dataset of backbone features that
         #: the loaders serve instead of images (`datasets` keep the images, for figures and paths).
@@ -138,29 +164,36 @@ class CrackDataModule(L.LightningDataModule):
             self.scan = scan_folder(self.data_dir, self.classes, cache_dir=self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
-        """Scan and check the folder, then split it; done once however often it is called."""
-        if self.splits is not None:
-            return
+        """Scan and check the folder, then split it; done once however often it is called.
+
+        Fitting also writes the split manifest into the run directory (`split_manifest.csv`).
+        """
+        if self.splits is None:
+            self._setup_splits()
+        if stage == "fit" and self.output_dir and not self._manifest_written:
+            self._write_manifest(Path(self.output_dir) / MANIFEST_NAME)
+            self._manifest_written = True
+
+    def _setup_splits(self) -> None:
         if self.synthetic:
             # Every rank needs the files; generation is idempotent and writes atomically.
             make_synthetic_dataset(self.data_dir, **self.synthetic)
         if self.scan is None:  # set up without prepare_data (or in another process than it)
             self.scan = scan_folder(self.data_dir, self.classes, cache_dir=self.cache_dir)
-        if self.scan.bad_files:
-            self._handle_bad_files(self.scan.bad_files)
+        self._log_links(self.scan)
         records = self.scan.records
-        if self.split == "seed":
-            self.splits = reference_split(records, self.train_fraction)
-        elif self.split == "stratified":
-            self.splits, self.n_duplicate_groups = stratified_split(
-                records, self.fractions, self.split_seed
+        if self.given_manifest is not None:
+            # Unreadable files are either the manifest's (reported as changed) or not evaluated.
+            self.manifest_match = match_folder(
+                self.given_manifest, records, self.scan.bad_files, self.data_dir
             )
-            rank_zero_info(
-                f"Found {self.n_duplicate_groups} group(s) of byte-identical files; "
-                "each group is kept within one split."
-            )
+            self.splits = self.manifest_match.splits
+            self.manifest = self.given_manifest
         else:
-            self.splits = {"train": [], "val": [], "test": list(records)}
+            if self.scan.bad_files:
+                self._handle_bad_files(self.scan.bad_files)
+            self.splits = self._split(records)
+            self.manifest = SplitManifest.from_splits(self.splits, self.data_dir)
         for name in ("train", "val", "test"):
             if name == "train" and not self.deterministic_train_transform:
                 transform = train_transform(self.augmentation, self.image_size, self.mean, self.std)
@@ -169,6 +202,65 @@ class CrackDataModule(L.LightningDataModule):
             self.datasets[name] = ImageRecordDataset(self.splits[name], transform)
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())
         rank_zero_info(f"Data: {len(records)} images in {self.data_dir} ({sizes}).")
+
+    def _split(self, records: list[ImageRecord]) -> Splits:
+        if self.split == "seed":
+            return reference_split(records, self.train_fraction)
+        if self.split == "stratified":
+            splits, self.n_duplicate_groups = stratified_split(
+                records, self.fractions, self.split_seed
+            )
+            rank_zero_info(
+                f"Found {self.n_duplicate_groups} group(s) of byte-identical files; "
+                "each group is kept within one split."
+            )
+            return splits
+        return {"train": [], "val": [], "test": list(records)}
+
+    def _log_links(self, scan: ScanResult) -> None:
+        if scan.links_followed:
+            rank_zero_info(
+                f"Followed {scan.links_followed} symbolic link(s) below the class folders of "
+                f"{self.data_dir}: the files they point to are read as images."
+            )
+        if scan.repeated_folders and rank_zero_only.rank == 0:
+            log.warning(
+                f"{len(scan.repeated_folders)} symbolic link(s) lead to a folder already listed "
+                "(a loop, or a second link to it); its images are counted once: "
+                + ", ".join(shown(p) for p in scan.repeated_folders[:5])
+            )
+
+    def _write_manifest(self, path: Path) -> None:
+        # Every process checks an existing manifest (so all of them stop together); rank 0 writes.
+        if path.is_file():
+            changes = differences(SplitManifest.read_csv(path), self.manifest)
+            if not changes:
+                return  # resuming in the run directory, on the same images
+            raise DataError(
+                f"{path} records another split than {self.data_dir} gives now: {changes}. "
+                "Restore the images as listed there, or start a new run (leave hydra.run.dir "
+                "unset); the manifest of a run is never overwritten."
+            )
+        if rank_zero_only.rank == 0:
+            atomic_write_text(path, self.manifest.csv_text())
+            rank_zero_info(f"Split manifest: {path} ({len(self.manifest.entries)} images).")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The split manifest, saved in every checkpoint (plain values: weights_only loads work)."""
+        return {STATE_KEY: self.manifest.to_state()} if self.manifest is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Refuse to resume (or test) a checkpoint on another split than the one it was trained on."""
+        recorded = state_dict.get(STATE_KEY)
+        if not recorded or self.manifest is None or self.given_manifest is not None:
+            return
+        changes = differences(SplitManifest.from_state(recorded), self.manifest)
+        if changes:
+            raise DataError(
+                "The checkpoint was trained on another split of the images than "
+                f"data.data_dir={self.data_dir} gives now: {changes}. Restore the folder as the "
+                "run's split_manifest.csv lists it, or start a new run."
+            )
 
     def _handle_bad_files(self, bad_files: list[tuple[str, str]]) -> None:
         report = format_bad_files(bad_files)
@@ -184,8 +276,7 @@ class CrackDataModule(L.LightningDataModule):
 
     @rank_zero_only
     def _write_bad_files(self, bad_files: list[tuple[str, str]]) -> None:
-        text = "".join(f"{path}\t{error}\n" for path, error in bad_files)
-        atomic_write_text(Path(self.output_dir) / "bad_files.txt", text)
+        atomic_write_text(Path(self.output_dir) / "bad_files.txt", bad_files_table(bad_files))
 
     def has_split(self, name: str) -> bool:
         """True when split `name` holds at least one image (after setup)."""

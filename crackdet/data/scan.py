@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
-from collections.abc import Mapping, Sequence
+import re
+import stat
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crackdet.data.images import decode_rgb, visible_files
+from crackdet.data.images import decode_rgb
 from crackdet.errors import DataError
 from crackdet.io import atomic_write_text
 
 #: Label of each key of `data.classes`: crack is the positive class.
 CLASS_LABELS = {"negative": 0, "positive": 1}
 CLASS_NAMES = ("no crack", "crack")
+#: The content fingerprint of every image: BLAKE2b of its bytes, 16-byte digest, as hex.
+FINGERPRINT = "blake2b-128"
 
 # Files that operating systems and tools leave in image folders; never data, never an error.
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+# How many names an error message lists before it only counts the rest.
+_LISTED = 10
 
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One usable image: where it is, its label, and the hash of its bytes."""
+    """One usable image: where it is, its label, and the fingerprint of its bytes."""
 
     path: str
     label: int
@@ -33,14 +42,100 @@ class ImageRecord:
 
 @dataclass
 class ScanResult:
-    """The usable images of a folder data set and the files that could not be read."""
+    """The usable images of a folder data set, the files that could not be read, and the links."""
 
     records: list[ImageRecord]
     bad_files: list[tuple[str, str]] = field(default_factory=list)
+    #: Symbolic links (to files or folders) below the class folders that were followed.
+    links_followed: int = 0
+    #: Links to a folder already listed (a loop, or a second link to it): its files count once.
+    repeated_folders: list[str] = field(default_factory=list)
+
+
+def fingerprint(data: bytes) -> str:
+    """The content fingerprint of a file's bytes (`FINGERPRINT`)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def shown(path: str | Path) -> str:
+    """A path as one printable line: names with newlines, tabs or other control characters quoted."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
+def _listed(items: Sequence[str], limit: int = _LISTED) -> str:
+    lines = [f"  {item}" for item in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"  ... and {len(items) - limit} more")
+    return "\n".join(lines)
+
+
+def _folder_list(folders: str | Sequence[str]) -> list[str]:
+    return [folders] if isinstance(folders, str) else list(folders)
+
+
+def _class_folders(classes: Mapping[str, Sequence[str]]) -> list[tuple[str, str]]:
+    """Every (class key, folder name) of `data.classes`, in configuration order."""
+    return [(key, folder) for key, folders in classes.items() for folder in _folder_list(folders)]
+
+
+@dataclass
+class _Walk:
+    """What walking the class folders met besides image files."""
+
+    links: int = 0
+    dangling: list[tuple[str, str]] = field(default_factory=list)
+    repeated: list[str] = field(default_factory=list)
+
+
+def _walk(top: Path, found: _Walk) -> Iterator[Path]:
+    """Every visible file below `top`, following symbolic links; each folder is entered once.
+
+    Hidden files and folders (`.thumbnails/`, `.DS_Store`) and tool litter (Thumbs.db) are not
+    data. A link that points nowhere is recorded in `found.dangling`, a link to a folder already
+    entered in `found.repeated` (so a loop ends and no file is listed twice).
+    """
+    info = top.stat()
+    entered = {(info.st_dev, info.st_ino)}
+    pending = [top]
+    while pending:
+        folder = pending.pop()
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda e: e.name, reverse=True)
+        for entry in entries:
+            if entry.name.startswith(".") or entry.name.lower() in _IGNORED_NAMES:
+                continue
+            path = Path(entry.path)
+            link = entry.is_symlink()
+            try:
+                info = entry.stat()  # follows the link
+            except OSError as exc:
+                if not link:
+                    raise
+                found.dangling.append(
+                    (str(path), f"broken symbolic link to {os.readlink(path)} ({exc.strerror})")
+                )
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                key = (info.st_dev, info.st_ino)
+                if key in entered:
+                    found.repeated.append(str(path))
+                    continue
+                entered.add(key)
+                pending.append(path)
+                found.links += link
+            elif stat.S_ISREG(info.st_mode):
+                found.links += link
+                yield path
+            else:
+                found.dangling.append((str(path), "not a regular file (a device, FIFO or socket)"))
 
 
 def check_data_dir(data_dir: str | Path, classes: Mapping[str, Sequence[str]]) -> Path:
-    """The data folder, once it and every class folder are known to exist; errors name the fix."""
+    """The data folder, once every class folder is known to exist, hold a file and be disjoint.
+
+    All problems are reported in one DataError naming the folders and the fix.
+    """
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise DataError(
@@ -52,76 +147,121 @@ def check_data_dir(data_dir: str | Path, classes: Mapping[str, Sequence[str]]) -
             f"data.classes has keys {sorted(classes)}; it needs exactly 'negative' and 'positive', "
             "each a list of folder names, e.g. data.classes.positive=[Positive]."
         )
-    for key, folders in classes.items():
-        for folder in _folder_list(folders):
-            if not (root / folder).is_dir():
-                present = sorted(p.name for p in root.iterdir() if p.is_dir())
-                raise DataError(
-                    f"data.data_dir={root} has no {folder}/ folder (data.classes.{key} lists it). "
-                    f"Folders present: {present or 'none'}. Create it or set "
-                    f"data.classes.{key}=[<folder name>]."
-                )
+    problems: list[str] = []
+    existing: list[tuple[str, str, Path]] = []
+    for key, folder in _class_folders(classes):
+        if (root / folder).is_dir():
+            existing.append((key, folder, (root / folder).resolve()))
+        else:
+            problems.append(f"there is no {folder}/ folder (data.classes.{key} lists it).")
+    for i, (key_a, name_a, real_a) in enumerate(existing):
+        for key_b, name_b, real_b in existing[i + 1 :]:
+            where = f"data.classes.{key_a} {name_a} and data.classes.{key_b} {name_b}"
+            if real_a == real_b:
+                problems.append(f"{where} are the same folder ({real_a}).")
+            elif real_a.is_relative_to(real_b) or real_b.is_relative_to(real_a):
+                problems.append(f"{where} overlap: one is inside the other ({real_a}, {real_b}).")
+    for key, folder, _ in existing:
+        if next(_walk(root / folder, _Walk()), None) is None:
+            problems.append(
+                f"{root / folder} is empty: data.classes.{key} needs at least one image file."
+            )
+    if problems:
+        present = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[0] != ".")
+        raise DataError(
+            f"data.data_dir={root} has class folders that cannot be used:\n"
+            + _listed(problems, limit=len(problems))
+            + f"\nFolders present: {present or 'none'}. Every folder of data.classes must exist, "
+            "hold images and belong to one class only, e.g. data.classes.positive=[Positive] "
+            "data.classes.negative=[Negative]."
+        )
     return root
 
 
-def _folder_list(folders: str | Sequence[str]) -> list[str]:
-    return [folders] if isinstance(folders, str) else list(folders)
-
-
 def list_labelled_files(
-    data_dir: str | Path, classes: Mapping[str, Sequence[str]]
+    data_dir: str | Path, classes: Mapping[str, Sequence[str]], found: _Walk | None = None
 ) -> list[tuple[Path, int]]:
-    """Every file below each class folder, sorted by name, with its label; errors name the fix."""
+    """Every file below each class folder, sorted by name, with its label; errors name the fix.
+
+    Symbolic links are followed; one file reached by two paths (through a link) is an error.
+    """
     root = check_data_dir(data_dir, classes)
+    found = found if found is not None else _Walk()
     files: list[tuple[Path, int]] = []
-    for key, folders in classes.items():
-        label = CLASS_LABELS[key]
-        for folder in _folder_list(folders):
-            class_dir = root / folder
-            found = sorted(
-                p for p in visible_files(class_dir) if p.name.lower() not in _IGNORED_NAMES
-            )
-            if not found:
-                raise DataError(
-                    f"{class_dir} is empty: the {key} class needs at least one image file."
-                )
-            files.extend((p, label) for p in found)
+    for key, folder in _class_folders(classes):
+        files.extend((p, CLASS_LABELS[key]) for p in sorted(_walk(root / folder, found)))
+    if found.links:
+        _check_each_file_once(files)
     return files
 
 
-def inspect_file(path: Path) -> str:
-    """Hash the file's bytes and decode it completely; raises on unreadable or corrupt images."""
-    data = path.read_bytes()
+def _check_each_file_once(files: Sequence[tuple[Path, int]]) -> None:
+    """Links may lead to one file twice (or into the other class): refuse that by name."""
+    paths_of: dict[str, list[Path]] = defaultdict(list)
+    for path, _ in files:
+        paths_of[os.path.realpath(path)].append(path)
+    twice = [
+        " and ".join(shown(p) for p in paths) + f" are one file ({shown(real)})"
+        for real, paths in paths_of.items()
+        if len(paths) > 1
+    ]
+    if twice:
+        raise DataError(
+            f"{len(twice)} file(s) are reached by more than one path through symbolic links, "
+            "so they would be counted twice (or in both classes):\n"
+            + _listed(twice)
+            + "\nRemove the extra links so that every image is listed once."
+        )
+
+
+# Pillow names a file it cannot identify by its object's repr when decoding from memory.
+_BUFFER_REPR = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
+def decode_failure(exc: BaseException) -> str:
+    """Why a file is unusable, in the decoder's own words (without in-memory object names)."""
+    message = _BUFFER_REPR.sub("", str(exc)).strip()
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def inspect_bytes(data: bytes) -> str | None:
+    """None when `data` decodes completely as an image, else why it does not."""
     if not data:
-        raise ValueError("empty file (0 bytes)")
-    decode_rgb(data)
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+        return "empty file (0 bytes)"
+    try:
+        decode_rgb(data)
+    except Exception as exc:  # any decoder failure makes the file bad, whatever its type
+        return decode_failure(exc)
+    return None
 
 
 class _ScanCache:
-    """Results of earlier inspections, keyed by path, size and modification time."""
+    """Decoding results of earlier scans, keyed by the fingerprint of each file's bytes.
+
+    Only content decides: a file replaced by another one of the same size and modification
+    time (copies with `cp -p`, `rsync -t`, restores) has another fingerprint and is decoded again.
+    """
+
+    VERSION = 2
 
     def __init__(self, cache_dir: str | Path | None, data_dir: Path):
         self.path = None
-        self.entries: dict[str, list] = {}
+        self.entries: dict[str, str | None] = {}
         if cache_dir is not None:
             key = hashlib.blake2b(str(data_dir.resolve()).encode(), digest_size=8).hexdigest()
             self.path = Path(cache_dir) / "scan" / f"{key}.json"
             try:
-                self.entries = json.loads(self.path.read_text())
+                stored = json.loads(self.path.read_text())
             except (OSError, ValueError):
-                self.entries = {}
+                stored = {}
+            if isinstance(stored, dict) and stored.get("version") == self.VERSION:
+                self.entries = stored.get("decoded", {})
 
-    def lookup(self, path: Path, stat: os.stat_result) -> list | None:
-        entry = self.entries.get(str(path))
-        if entry and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
-            return entry
-        return None
-
-    def save(self, entries: dict[str, list]) -> None:
-        if self.path is None:
+    def save(self, entries: dict[str, str | None]) -> None:
+        if self.path is None or entries == self.entries:
             return
-        atomic_write_text(self.path, json.dumps(entries))
+        data = {"version": self.VERSION, "fingerprint": FINGERPRINT, "decoded": entries}
+        atomic_write_text(self.path, json.dumps(data))
 
 
 def scan_folder(
@@ -130,39 +270,49 @@ def scan_folder(
     cache_dir: str | Path | None = None,
     workers: int | None = None,
 ) -> ScanResult:
-    """List, hash and fully decode every labelled file, separating usable images from bad ones."""
-    files = list_labelled_files(data_dir, classes)
+    """List, fingerprint and fully decode every labelled file, separating usable from bad ones.
+
+    Each file is read once: its bytes are fingerprinted, and decoded unless the scan cache knows
+    the outcome for that fingerprint already.
+    """
+    found = _Walk()
+    files = list_labelled_files(data_dir, classes, found)
     cache = _ScanCache(cache_dir, Path(data_dir).expanduser())
 
-    def check(item: tuple[Path, int]) -> tuple[str, list]:
-        path, _ = item
-        stat = path.stat()
-        cached = cache.lookup(path, stat)
-        if cached is not None:
-            return str(path), cached
+    def check(item: tuple[Path, int]) -> tuple[str | None, str | None]:
         try:
-            digest, error = inspect_file(path), None
-        except Exception as exc:  # any decoder failure makes the file bad, whatever its type
-            digest, error = None, f"{type(exc).__name__}: {exc}"
-        return str(path), [stat.st_size, stat.st_mtime_ns, digest, error]
+            data = item[0].read_bytes()
+        except OSError as exc:
+            return None, f"cannot be read ({type(exc).__name__}: {exc.strerror or exc})"
+        digest = fingerprint(data)
+        if digest in cache.entries:
+            return digest, cache.entries[digest]
+        return digest, inspect_bytes(data)
 
-    # Decoding releases the GIL, so threads overlap it with reading the next files.
+    # Hashing and decoding release the GIL, so threads overlap them with reading the next files.
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
         results = list(pool.map(check, files))
-    cache.save(dict(results))
+    cache.save({digest: error for digest, error in results if digest is not None})
 
-    records, bad = [], []
-    for (path, label), (_, (_, _, digest, error)) in zip(files, results, strict=True):
+    records, bad = [], list(found.dangling)
+    for (path, label), (digest, error) in zip(files, results, strict=True):
         if error is None:
             records.append(ImageRecord(str(path), label, digest))
         else:
             bad.append((str(path), error))
-    return ScanResult(records, bad)
+    return ScanResult(records, sorted(bad), found.links, found.repeated)
 
 
 def format_bad_files(bad_files: Sequence[tuple[str, str]], limit: int = 20) -> str:
     """A readable list of the first `limit` bad files and how many there are in all."""
-    lines = [f"  {path}: {error}" for path, error in bad_files[:limit]]
-    if len(bad_files) > limit:
-        lines.append(f"  ... and {len(bad_files) - limit} more")
-    return f"{len(bad_files)} unreadable file(s):\n" + "\n".join(lines)
+    lines = [f"{shown(path)}: {error}" for path, error in bad_files]
+    return f"{len(bad_files)} unreadable file(s):\n" + _listed(lines, limit)
+
+
+def bad_files_table(bad_files: Sequence[tuple[str, str]]) -> str:
+    """`bad_files.txt`: tab-separated `path`, `reason`, quoted where a name holds a tab or newline."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(("path", "reason"))
+    writer.writerows(bad_files)
+    return buffer.getvalue()

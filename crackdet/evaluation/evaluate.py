@@ -20,6 +20,7 @@ from PIL import Image
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
 from crackdet.data.datamodule import CrackDataModule
+from crackdet.data.manifest import list_digest, manifest_of_checkpoint, relative_path
 from crackdet.data.scan import CLASS_NAMES
 from crackdet.deploy.inference import recorded_data_settings
 from crackdet.errors import ConfigError, DataError
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 
 #: Values of eval's `data.split`: a part of the training run's split, or the whole folder.
 EVAL_SPLITS = ("test", "val", "all")
+#: Values of `eval.on_mismatch`: what to do with manifest images that are missing or changed.
+ON_MISMATCH = ("error", "skip")
 #: eval's `data.*` keys that default to the checkpoint's record (CrackDataModule hyperparameters).
 _RECORDED = (
     "data_dir",
@@ -166,29 +169,120 @@ class _Evaluation:
         model = load_classifier(cfg.get("ckpt_path"))
         self.ckpt_path = str(checkpoint_file(cfg.ckpt_path).resolve())
         self.target_recall = check_target_recall(cfg.eval.target_recall)
+        self.on_mismatch = cfg.eval.get("on_mismatch", "error")
+        if self.on_mismatch not in ON_MISMATCH:
+            raise ConfigError(
+                f"eval.on_mismatch={self.on_mismatch} must be one of {list(ON_MISMATCH)}."
+            )
         self.recorded = recorded_data_settings(self.ckpt_path)
         self.settings = data_settings(cfg.data, self.recorded, self.ckpt_path)
         self.output_dir = Path(cfg.paths.output_dir)
-        self.datamodule = CrackDataModule(**self.settings, output_dir=str(self.output_dir))
+        whole_folder = cfg.data.split == "all"
+        self.manifest = None if whole_folder else manifest_of_checkpoint(self.ckpt_path)
+        self.datamodule = CrackDataModule(
+            **self.settings, output_dir=str(self.output_dir), manifest=self.manifest
+        )
         self.datamodule.setup()
-        self.split = cfg.data.split or ("test" if self.datamodule.has_split("test") else "val")
-        if self.split != "all" and not self.datamodule.has_split(self.split):
+        self.split = cfg.data.split or self._default_split()
+        if self.manifest is not None:
+            self._check_manifest_split(self.datamodule, self.split)
+            self._log_manifest()
+        elif not whole_folder:
+            log.warning(
+                "%s holds no split manifest (it was trained before crackdet recorded one), so "
+                "the %s split is rebuilt from the recorded settings (split mode, fractions, "
+                "seed) on %s as it is now: if files were added, removed or changed since "
+                "training, these are not the images the run held out.",
+                self.ckpt_path,
+                self.split,
+                self.settings["data_dir"],
+            )
+        if not self.datamodule.has_split(self.split if self.split != "all" else "test"):
             raise DataError(
                 f"The training run's split (data.split_mode={self.settings.get('split')}) has no "
                 f"{self.split} images; evaluate data.split=val, or data.split=all for every image."
             )
         recorded_dir, data_dir = self.recorded.get("data_dir"), self.settings["data_dir"]
-        if self.split != "all" and recorded_dir and Path(recorded_dir) != Path(data_dir):
+        if not whole_folder and recorded_dir and Path(recorded_dir) != Path(data_dir):
             log.warning(
-                "Rebuilding the training run's %s split on %s, not on the folder it was "
-                "trained on (%s); use data.split=all for a different data set.",
+                "Evaluating the training run's %s split on %s, not on the folder it was "
+                "trained on (%s)%s; use data.split=all for a different data set.",
                 self.split,
                 data_dir,
                 recorded_dir,
+                " (images matched by relative path and fingerprint)" if self.manifest else "",
             )
         self.predict = _Predictor(cfg, model)
         self.predictions = self.predict(self.datamodule, self.split)
         self._val: Predictions | None = None
+
+    def _default_split(self) -> str:
+        if self.manifest is not None:
+            return "test" if self.manifest.split("test") else "val"
+        return "test" if self.datamodule.has_split("test") else "val"
+
+    def _check_manifest_split(self, datamodule: CrackDataModule, split: str) -> None:
+        """Refuse (or with eval.on_mismatch=skip, leave out) the manifest's changed images."""
+        match, source = datamodule.manifest_match, datamodule.manifest.source
+        total = len(datamodule.manifest.split(split))
+        if match.problems(split):
+            problem = (
+                f"{match.problems(split)} of the {total} {split} images of the training run "
+                f"(split manifest in {source}) are missing or changed in "
+                f"{datamodule.data_dir}: {match.report(split)}."
+            )
+            if self.on_mismatch == "error":
+                raise DataError(
+                    f"{problem} Restore them, or evaluate the {len(match.splits[split])} "
+                    "unchanged ones with eval.on_mismatch=skip."
+                )
+            log.warning("%s They are left out (eval.on_mismatch=skip).", problem)
+
+    def _log_manifest(self) -> None:
+        match = self.datamodule.manifest_match
+        log.info(
+            "Evaluating the %d %s images of the training run's split manifest (%s).",
+            len(match.splits[self.split]),
+            self.split,
+            self.manifest.source,
+        )
+        if match.new:
+            log.warning(
+                "%s file(s) in %s are not in the training run's split manifest and are not "
+                "evaluated (data.split=all evaluates the whole folder): %s",
+                len(match.new),
+                self.datamodule.data_dir,
+                match.new_report(),
+            )
+
+    def images(self) -> dict[str, Any]:
+        """Which images were evaluated: where their list came from, counts and a digest."""
+        name = "test" if self.split == "all" else self.split
+        records = self.datamodule.datasets[name].records
+        data_dir = self.datamodule.data_dir
+        summary: dict[str, Any] = {
+            "split": self.split,
+            "evaluated": len(records),
+            "digest": list_digest((relative_path(r.path, data_dir), r.digest) for r in records),
+        }
+        if self.manifest is None:
+            summary["source"] = (
+                "the whole folder (data.split=all)"
+                if self.split == "all"
+                else "rebuilt from the recorded split settings (no manifest in the checkpoint)"
+            )
+            return summary
+        match = self.datamodule.manifest_match
+        summary.update(
+            source="split manifest",
+            manifest=self.manifest.source,
+            in_manifest=len(self.manifest.split(self.split)),
+            manifest_digest=self.manifest.digest(self.split),
+            missing=len(match.missing[self.split]),
+            changed=len(match.changed[self.split]),
+            not_in_manifest=len(match.new),
+        )
+        return summary
 
     def validation_predictions(self, reason: str) -> Predictions | None:
         """Predictions on the training run's validation split, or None when it cannot be rebuilt."""
@@ -202,14 +296,21 @@ class _Evaluation:
             given = OmegaConf.masked_copy(
                 self.cfg.data, ["num_workers", "batch_size", "cache_dir", "on_bad_image"]
             )
+            manifest = manifest_of_checkpoint(self.ckpt_path)
             try:
-                datamodule = CrackDataModule(**data_settings(given, self.recorded, self.ckpt_path))
+                datamodule = CrackDataModule(
+                    **data_settings(given, self.recorded, self.ckpt_path), manifest=manifest
+                )
                 datamodule.setup()
+                if manifest is not None:
+                    self._check_manifest_split(datamodule, "val")
             except (DataError, ConfigError) as exc:
                 log.warning(
                     "Cannot rebuild the training run's validation split for %s: %s", reason, exc
                 )
                 return None
+        elif self.manifest is not None:
+            self._check_manifest_split(datamodule, "val")
         if not datamodule.has_split("val"):
             log.warning("The training run's split has no validation images for %s.", reason)
             return None
@@ -312,6 +413,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "split": split,
         "data": {("split_mode" if k == "split" else k): v for k, v in run.settings.items()},
         "samples": len(labels),
+        "images": run.images(),
         "metrics": split_metrics(predictions, split, DEFAULT_THRESHOLD),
         "operating_point": point,
         "calibration": calibration,

@@ -126,7 +126,13 @@ def test_ddp_cpu_inside_a_multirun_counts_every_sample_once_and_writes_once(tmp_
     # One set of outputs: the child process reused the job's directory and wrote nothing itself.
     assert not (tmp_path / "logs").exists()  # no run directory of a child process
     assert sorted(p.name for p in sweep.iterdir()) == ["0", "multirun.yaml", "summary.csv"]
-    for name in ("metrics.json", "predictions_val.csv", "predictions_test.csv", ".hydra"):
+    for name in (
+        "metrics.json",
+        "predictions_val.csv",
+        "predictions_test.csv",
+        "split_manifest.csv",
+        ".hydra",
+    ):
         assert len(list(tmp_path.rglob(name))) == 1, name
     assert len(list((sweep / "0" / "checkpoints").iterdir())) == 2  # best.ckpt, last.ckpt
     assert "[rank: 1]" not in result.stdout + result.stderr  # rank 1 logs warnings only

@@ -130,7 +130,7 @@ def test_missing_data_dir_names_the_setting(tmp_path: Path) -> None:
 def test_missing_class_folder_names_folder_and_fix(image_folder) -> None:
     root = image_folder(n_per_class=2)
     shutil.rmtree(root / "Negative")
-    with pytest.raises(DataError, match=r"has no Negative/ folder.*data.classes.negative"):
+    with pytest.raises(DataError, match=r"no Negative/ folder \(data.classes.negative"):
         datamodule(root)
 
 
