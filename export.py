@@ -1,4 +1,4 @@
-"""Export a trained classifier: `python export.py ckpt_path=... format=onnx|torchscript`."""
+"""Export a trained classifier: `python export.py ckpt_path=... format=onnx|pt2`."""
 
 import hydra
 from omegaconf import DictConfig

@@ -21,15 +21,13 @@ import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import TaskFunction
-from lightning.fabric.strategies.launchers import subprocess_script as fabric_launcher
-from lightning.pytorch.strategies.launchers import subprocess_script as pytorch_launcher
 from omegaconf import DictConfig
 
 from crackdet.distributed import process_rank
+from crackdet.seams import replace_ddp_child_command
 
 #: Environment variables Lightning's subprocess launcher sets in the launching process itself.
 LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
-_LAUNCHER_MODULES = (fabric_launcher, pytorch_launcher)
 
 
 def entry_command() -> list[str]:
@@ -74,7 +72,7 @@ class DistributedJobs(Callback):
         # its DDP children still re-run train.py rather than the worker's own module.
         self._entry = entry_command()
         self._saved_env: dict[str, str | None] = {}
-        self._saved_commands: list[Callable[..., Any]] = []
+        self._restore_command: Callable[[], None] | None = None
         self._quieted = False
 
     def on_job_start(
@@ -82,9 +80,7 @@ class DistributedJobs(Callback):
     ) -> None:
         """Route Lightning's child-process command to this job; quiet the other ranks' logs."""
         self._saved_env = {name: os.environ.get(name) for name in LAUNCHER_ENV}
-        self._saved_commands = [module._hydra_subprocess_cmd for module in _LAUNCHER_MODULES]
-        for module in _LAUNCHER_MODULES:
-            module._hydra_subprocess_cmd = partial(child_command, self._entry)
+        self._restore_command = replace_ddp_child_command(partial(child_command, self._entry))
         if process_rank() != 0:
             # Also Lightning's own loggers, which set their level to INFO.
             logging.disable(logging.INFO)
@@ -99,8 +95,9 @@ class DistributedJobs(Callback):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        for module, command in zip(_LAUNCHER_MODULES, self._saved_commands, strict=False):
-            module._hydra_subprocess_cmd = command
+        if self._restore_command is not None:
+            self._restore_command()
+            self._restore_command = None
         if self._quieted:
             logging.disable(logging.NOTSET)
             self._quieted = False

@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from crackdet.data.scan import CLASS_LABELS, FINGERPRINT, ImageRecord, shown
+from crackdet.data.classes import CLASS_LABELS
+from crackdet.data.scan import FINGERPRINT, ImageRecord, shown
 from crackdet.errors import DataError
 
 #: The manifest file every training run writes into its run directory.

@@ -15,13 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crackdet.data.classes import CLASS_LABELS
 from crackdet.data.images import decode_rgb
 from crackdet.errors import DataError
 from crackdet.io import atomic_write_text
 
-#: Label of each key of `data.classes`: crack is the positive class.
-CLASS_LABELS = {"negative": 0, "positive": 1}
-CLASS_NAMES = ("no crack", "crack")
 #: The content fingerprint of every image: BLAKE2b of its bytes, 16-byte digest, as hex.
 FINGERPRINT = "blake2b-128"
 

@@ -1,4 +1,4 @@
-"""The job behind `python export.py`: the classifier as ONNX or TorchScript, plus a JSON sidecar."""
+"""The job behind `python export.py`: the classifier as ONNX or a torch.export program, plus a sidecar."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from crackdet.cli.validation import check_writable_dir
+from crackdet.data.classes import CLASS_NAMES
 from crackdet.data.images import load_rgb
-from crackdet.data.scan import CLASS_NAMES
 from crackdet.deploy.inference import (
     LoadedCheckpoint,
     find_images,
@@ -39,7 +39,11 @@ from crackdet.io import write_json
 log = logging.getLogger(__name__)
 
 #: Default file name per format, in the export run directory.
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
+FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2"}
+#: Formats no longer written, and what replaced them.
+REPLACED_FORMATS = {
+    "torchscript": "format=pt2 (torch.export; TorchScript's torch.jit.trace is deprecated in torch)"
+}
 QUANTIZATIONS = ("int8",)
 INPUT_NAME, OUTPUT_NAME = "image", "probs"
 #: An fp32 export that differs from PyTorch by more than this is refused.
@@ -68,19 +72,17 @@ def onnx_session(path: str | Path, threads: int | None = None) -> ort.InferenceS
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
-    """Load an exported TorchScript model (torch.jit's deprecation warning is not the user's)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
-        return torch.jit.load(str(path), map_location="cpu")
+def load_pt2(path: str | Path) -> nn.Module:
+    """Load an exported `.pt2` program (torch.export.save) as a callable module."""
+    return torch.export.load(str(path)).module()
 
 
 def run_exported(path: str | Path, fmt: str, images: torch.Tensor) -> np.ndarray:
-    """Class probabilities from an exported model, run by ONNX Runtime or TorchScript."""
+    """Class probabilities from an exported model, run by ONNX Runtime or torch.export."""
     if fmt == "onnx":
         return onnx_session(path).run(None, {INPUT_NAME: images.numpy()})[0]
     with torch.inference_mode():
-        return load_torchscript(path)(images).numpy()
+        return load_pt2(path)(images).numpy()
 
 
 def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int | None) -> None:
@@ -99,15 +101,15 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: in
     )
 
 
-def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> None:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
-        traced = torch.jit.trace(module, example)
-    traced.save(str(path))
-    log.info(
-        "TorchScript is deprecated upstream (torch.jit warns in torch 2.14); "
-        "prefer format=onnx for new deployments."
+def _export_pt2(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    # torch.export is torch's supported successor of torch.jit.trace; the batch size stays free.
+    program = torch.export.export(
+        module, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)
     )
+    with warnings.catch_warnings():
+        # The module is on the CPU (load_checkpoint), the case this save-time warning is not about.
+        warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+        torch.export.save(program, str(path))
 
 
 class _Batches(CalibrationDataReader):
@@ -209,6 +211,8 @@ def _targets(cfg: DictConfig, fmt: str) -> tuple[Path, Path]:
 
 def _check_settings(cfg: DictConfig) -> tuple[str, str | None]:
     fmt, quantize = str(cfg.format), cfg.get("quantize")
+    if fmt in REPLACED_FORMATS:
+        raise ConfigError(f"format={fmt} is no longer written; use {REPLACED_FORMATS[fmt]}.")
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt} is not one of {sorted(FORMATS)}.")
     if quantize is not None and quantize not in QUANTIZATIONS:
@@ -250,7 +254,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         if fmt == "onnx":
             _export_onnx(module, example, fp32, cfg.get("opset"))
         else:
-            _export_torchscript(module, example, fp32)
+            _export_pt2(module, example, fp32)
         diff = float(np.abs(run_exported(fp32, fmt, check) - expected).max())
         if diff > PARITY_TOLERANCE:
             raise CrackdetError(

@@ -13,20 +13,20 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from crackdet.data.classes import CLASS_NAMES
 from crackdet.data.images import load_rgb
-from crackdet.data.scan import CLASS_NAMES
 from crackdet.data.transforms import denormalize
 from crackdet.deploy.inference import load_checkpoint
 from crackdet.errors import ConfigError
+from crackdet.evaluation.mistakes import most_confident_mistakes
 from crackdet.evaluation.plots import confusion_matrix_figure, image_grid_figure
+from crackdet.evaluation.predictions_file import read_predictions
 from crackdet.evaluation.threshold import (
     DEFAULT_THRESHOLD,
     stored_operating_point,
     threshold_metrics,
 )
 from crackdet.models.lightning_model import CrackClassifier
-from crackdet.training.callbacks.figures import most_confident_mistakes
-from crackdet.training.callbacks.predictions import read_predictions
 
 #: Which mistakes: true crack called "no crack" (missed) or the reverse (false alarm).
 MISTAKE_KINDS = {"fn": ("false negatives", 1), "fp": ("false positives", 0)}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torchmetrics.functional.classification import (
     binary_auroc,
@@ -15,7 +17,7 @@ from torchmetrics.functional.classification import (
     binary_roc,
 )
 
-from crackdet.data.scan import CLASS_NAMES
+from crackdet.data.classes import CLASS_NAMES
 from crackdet.evaluation.calibration import expected_calibration_error
 from crackdet.evaluation.threshold import threshold_metrics
 
@@ -31,6 +33,25 @@ def _mark_points(ax, probs, labels, points: Mapping[str, float], x: str, y: str)
         ax.plot(m[x], m[y], marker, markersize=8, label=f"{name} (t={threshold:.3g})")
 
 
+def _rate_curve_figure(
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    points: Mapping[str, float] | None,
+    draw: Callable[[Axes], None],
+    rates: tuple[str, str],
+    legend: str,
+    **axes: Any,
+) -> Figure:
+    """A curve drawn by `draw`, the given thresholds marked on it at their (x, y) `rates`."""
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    draw(ax)
+    _mark_points(ax, probs, labels, points or {}, *rates)
+    ax.set(**axes)
+    ax.legend(loc=legend, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def pr_curve_figure(
     probs: torch.Tensor,
     labels: torch.Tensor,
@@ -41,19 +62,23 @@ def pr_curve_figure(
     labels = labels.long()
     precision, recall, _ = binary_precision_recall_curve(probs, labels)
     ap = float(binary_average_precision(probs, labels))
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    ax.step(recall.numpy(), precision.numpy(), where="post", label=f"AP = {ap:.4f}")
-    _mark_points(ax, probs, labels, points or {}, "recall", "precision")
-    ax.set(
+
+    def draw(ax: Axes) -> None:
+        ax.step(recall.numpy(), precision.numpy(), where="post", label=f"AP = {ap:.4f}")
+
+    return _rate_curve_figure(
+        probs,
+        labels,
+        points,
+        draw,
+        ("recall", "precision"),
+        "lower left",
         xlabel="recall (cracks found)",
         ylabel="precision (alarms that are cracks)",
         xlim=(0, 1.01),
         ylim=(0, 1.01),
         title=title or "precision-recall",
     )
-    ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    return fig
 
 
 def roc_curve_figure(
@@ -66,20 +91,24 @@ def roc_curve_figure(
     labels = labels.long()
     fpr, tpr, _ = binary_roc(probs, labels)
     auroc = float(binary_auroc(probs, labels))
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    ax.plot(fpr.numpy(), tpr.numpy(), label=f"AUROC = {auroc:.4f}")
-    ax.plot([0, 1], [0, 1], ":", color="grey")
-    _mark_points(ax, probs, labels, points or {}, "fpr", "recall")
-    ax.set(
+
+    def draw(ax: Axes) -> None:
+        ax.plot(fpr.numpy(), tpr.numpy(), label=f"AUROC = {auroc:.4f}")
+        ax.plot([0, 1], [0, 1], ":", color="grey")
+
+    return _rate_curve_figure(
+        probs,
+        labels,
+        points,
+        draw,
+        ("fpr", "recall"),
+        "lower right",
         xlabel="false-positive rate",
         ylabel="recall",
         xlim=(-0.01, 1),
         ylim=(0, 1.01),
         title=title or "ROC",
     )
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return fig
 
 
 def threshold_sweep_figure(

@@ -19,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
+from crackdet.data.classes import CLASS_NAMES
 from crackdet.data.datamodule import CrackDataModule
 from crackdet.data.manifest import list_digest, manifest_of_checkpoint, relative_path
-from crackdet.data.scan import CLASS_NAMES
 from crackdet.deploy.inference import recorded_data_settings
 from crackdet.errors import ConfigError, DataError
 from crackdet.evaluation.calibration import (
@@ -31,6 +31,7 @@ from crackdet.evaluation.calibration import (
 )
 from crackdet.evaluation.curves import pr_curve_figure, reliability_figure, roc_curve_figure
 from crackdet.evaluation.plots import confusion_matrix_figure
+from crackdet.evaluation.predictions_file import PREDICTION_COLUMNS
 from crackdet.evaluation.threshold import (
     DEFAULT_THRESHOLD,
     check_target_recall,
@@ -43,7 +44,6 @@ from crackdet.io import write_csv, write_json
 from crackdet.models.checkpoint import checkpoint_file, load_classifier
 from crackdet.models.lightning_model import CrackClassifier
 from crackdet.training.callbacks.outputs import EpochOutputs
-from crackdet.training.callbacks.predictions import PREDICTION_COLUMNS
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
@@ -20,7 +21,6 @@ from crackdet.errors import ConfigError
 from crackdet.evaluation.threshold import stored_operating_point
 from crackdet.io import write_json
 from crackdet.models.checkpoint import check_resumable
-from crackdet.training.feature_cache import FeatureCache
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +28,28 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
 
 
-def _instantiate_all(section: DictConfig | None) -> list[Any]:
+#: The entry of conf/callbacks/ whose checkpoint is "the best": tested after fit, in metrics.json.
+BEST_CHECKPOINT_CALLBACK = "model_checkpoint"
+
+
+def _instantiate_all(section: DictConfig | None) -> dict[str, Any]:
     """Instantiate every entry of a config group that holds named objects (callbacks, loggers)."""
     if not section:
-        return []
-    return [instantiate(cfg) for cfg in section.values() if cfg and "_target_" in cfg]
+        return {}
+    return {name: instantiate(cfg) for name, cfg in section.items() if cfg and "_target_" in cfg}
+
+
+def best_checkpoint(callbacks: dict[str, Any]) -> str | None:
+    """The path of the best checkpoint so far, from the `model_checkpoint` callback, if any."""
+    checkpoint = callbacks.get(BEST_CHECKPOINT_CALLBACK)
+    if checkpoint is None:
+        return None
+    if not isinstance(checkpoint, ModelCheckpoint):
+        raise ConfigError(
+            f"callbacks.{BEST_CHECKPOINT_CALLBACK} must be a lightning ModelCheckpoint, got "
+            f"{type(checkpoint).__name__}; restore it from conf/callbacks/model_checkpoint.yaml."
+        )
+    return checkpoint.best_model_path or None
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -69,10 +86,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("ckpt_path"):
         # Before the trainer starts: Lightning would fail on a bad file with a traceback.
         check_resumable(cfg.ckpt_path, model, resume=cfg.get("train", True))
-    # FeatureCache decides from the data and model settings and logs why when it stays unused.
-    callbacks = [*_instantiate_all(cfg.get("callbacks")), FeatureCache()]
-    loggers: list[Logger] = _instantiate_all(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers: list[Logger] = list(_instantiate_all(cfg.get("logger")).values())
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=list(callbacks.values()), logger=loggers or False
+    )
 
     hparams = run_settings(cfg)
     for logger in loggers:
@@ -82,8 +100,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         results["fit"] = _scalars(trainer.callback_metrics)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        results["best_checkpoint"] = best or None
+        best = best_checkpoint(callbacks)
+        results["best_checkpoint"] = best
         if best:
             # Chosen by the OperatingPoint callback on the best weights' validation predictions.
             results["operating_point"] = stored_operating_point(best)

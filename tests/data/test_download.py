@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
+import shutil
 import socket
 import sys
 import threading
@@ -294,7 +296,7 @@ def _rar_zip(tmp_path: Path) -> Path:
 
 
 def test_rar_without_tool_names_packages_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(dl.shutil, "which", lambda *args, **kwargs: None)
+    monkeypatch.setattr(shutil, "which", lambda *args, **kwargs: None)
     dest = tmp_path / "dest"
 
     with pytest.raises(dl.DownloadError) as info:
@@ -413,6 +415,53 @@ def test_existing_images_are_never_overwritten(server, tmp_path):
     assert len(_tree(dest / "Negative")) == 2
 
 
+def test_a_broken_archive_from_an_earlier_run_is_fetched_again(server, tmp_path, capsys):
+    payload = dataset_zip()
+    server.files["/ds.zip"] = payload
+    dest = tmp_path / "dest"
+    (dest / ".download").mkdir(parents=True)
+    # What an earlier run can leave: the first half of the zip under the final name.
+    (dest / ".download" / "ds.zip").write_bytes(payload[: len(payload) // 2])
+
+    dl.fetch_dataset(dest, url=server.url("/ds.zip"))
+
+    assert len(server.requests) == 1 and server.requests[0]["range"] is None
+    _assert_dataset(dest)
+    assert (dest / ".download" / "ds.zip").read_bytes() == payload
+    assert "unusable" in capsys.readouterr().err
+
+
+def test_a_second_download_into_the_same_folder_waits_for_the_first(server, tmp_path, monkeypatch):
+    from filelock import FileLock
+
+    from crackdet.data.download import dataset
+
+    server.files["/ds.zip"] = dataset_zip()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    waiting = threading.Event()
+
+    def log(message: str) -> None:
+        if "Another download" in message:
+            waiting.set()
+
+    monkeypatch.setattr(dataset, "log", log)
+    first = FileLock(dest / dataset.LOCK_NAME)
+    first.acquire()
+    second = threading.Thread(
+        target=dl.fetch_dataset, args=(dest,), kwargs={"url": server.url("/ds.zip")}
+    )
+    second.start()
+    try:
+        assert waiting.wait(timeout=30)
+        assert server.requests == []  # nothing fetched while the first holds the folder
+    finally:
+        first.release()
+        second.join(timeout=60)
+    _assert_dataset(dest)
+    assert len(server.requests) == 1
+
+
 # ----------------------------------------------------------------------------- 8. CLI
 
 
@@ -423,6 +472,33 @@ def test_main_returns_1_and_prints_error(closed_port_url, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ")
     assert "data.data_dir=" in err
+
+
+def test_unwritable_dest_fails_before_any_download(server, tmp_path, capsys):
+    server.files["/ds.zip"] = dataset_zip()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")  # unwritable even for root, unlike a chmod
+    dest = blocker / "concrete_crack"
+
+    status = dl.main(["--dest", str(dest), "--url", server.url("/ds.zip")])
+
+    assert status == 2
+    err = capsys.readouterr().err
+    assert f"--dest {dest} cannot be written" in err and "--dest DIR" in err
+    assert server.requests == []
+
+
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders"
+)
+def test_read_only_dest_fails_before_any_download(server, tmp_path, capsys):
+    server.files["/ds.zip"] = dataset_zip()
+    dest = tmp_path / "read_only"
+    dest.mkdir(mode=0o555)
+
+    assert dl.main(["--dest", str(dest), "--url", server.url("/ds.zip")]) == 2
+    assert "permission denied" in capsys.readouterr().err
+    assert server.requests == []
 
 
 def test_main_rejects_malformed_sha256(server, tmp_path, capsys):

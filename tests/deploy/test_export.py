@@ -15,7 +15,7 @@ import crackdet.deploy.export
 from crackdet.data.images import load_rgb
 from crackdet.data.synthetic import synthetic_image
 from crackdet.data.transforms import eval_transform
-from crackdet.deploy.export import export, load_torchscript
+from crackdet.deploy.export import export, load_pt2
 from crackdet.errors import ConfigError
 from crackdet.evaluation.threshold import stored_threshold
 from crackdet.models.lightning_model import CrackClassifier
@@ -92,11 +92,15 @@ def test_onnx_matches_pytorch_on_real_sample_images(best_ckpt: Path, onnx_model)
     _assert_onnx_parity(best_ckpt, *onnx_model, _real_images())
 
 
-def test_torchscript_matches_pytorch(best_ckpt: Path, tmp_path: Path):
-    _export(best_ckpt, tmp_path / "run", "format=torchscript")
+def test_pt2_matches_pytorch_at_any_batch_size(best_ckpt: Path, tmp_path: Path):
+    _export(best_ckpt, tmp_path / "run", "format=pt2")
     sidecar = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert sidecar["format"] == "pt2" and sidecar["file"] == "model.pt2"
+    model = load_pt2(tmp_path / "run" / sidecar["file"])
+    with torch.inference_mode():
+        single = model(torch.from_numpy(_exported_inputs(sidecar, _synthetic_images(1))))
+    assert single.shape == (1, 2)
     images = _synthetic_images(4)
-    model = load_torchscript(tmp_path / "run" / sidecar["file"])
     with torch.inference_mode():
         got = model(torch.from_numpy(_exported_inputs(sidecar, images))).numpy()
     np.testing.assert_allclose(got, _pytorch_probs(best_ckpt, images), atol=1e-4, rtol=0)
@@ -110,10 +114,8 @@ def test_export_never_overwrites(best_ckpt: Path, tmp_path: Path):
     assert existing.read_bytes() == b"the model in the field"
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(ConfigError, match="other.json already exists"):
-        _export(
-            best_ckpt, tmp_path / "run", f"output={tmp_path / 'other.pt'}", "format=torchscript"
-        )
-    assert not (tmp_path / "other.pt").exists()
+        _export(best_ckpt, tmp_path / "run", f"output={tmp_path / 'other.pt2'}", "format=pt2")
+    assert not (tmp_path / "other.pt2").exists()
 
 
 def test_unwritable_output_is_refused_before_any_work(best_ckpt: Path, tmp_path: Path, monkeypatch):
@@ -135,7 +137,8 @@ def test_unwritable_output_is_refused_before_any_work(best_ckpt: Path, tmp_path:
     ("overrides", "message"),
     [
         (["format=tflite"], "format=tflite"),
-        (["format=torchscript", "quantize=int8"], "needs format=onnx"),
+        (["format=pt2", "quantize=int8"], "needs format=onnx"),
+        (["format=torchscript"], "use format=pt2"),
         (["quantize=int4"], "quantize=int4"),
     ],
 )

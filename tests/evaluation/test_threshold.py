@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from crackdet.errors import ConfigError, DataError
+from crackdet.evaluation.predictions_file import read_predictions
 from crackdet.evaluation.threshold import (
     stored_operating_point,
     stored_threshold,
     threshold_for_recall,
     threshold_metrics,
 )
-from crackdet.training.callbacks.predictions import read_predictions
 
 
 def _recall(probs: torch.Tensor, labels: torch.Tensor, threshold: float) -> float:

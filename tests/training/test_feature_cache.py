@@ -18,10 +18,10 @@ import crackdet.training.feature_cache as features
 from crackdet.data.datamodule import CrackDataModule
 from crackdet.data.synthetic import synthetic_image
 from crackdet.errors import ConfigError
+from crackdet.evaluation.predictions_file import read_predictions
 from crackdet.models.backbone import build_backbone
 from crackdet.models.lightning_model import CrackClassifier
 from crackdet.models.runtime import build_feature_extractor
-from crackdet.training.callbacks.predictions import read_predictions
 from crackdet.training.feature_cache import cached_features, usage_problem
 from crackdet.training.train import train
 from tests.conftest import run_entry

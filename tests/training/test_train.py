@@ -130,6 +130,15 @@ def test_a_run_directory_is_never_reused(smoke_run, tiny_cfg) -> None:
     assert (run_dir / "checkpoints" / "best.ckpt").read_bytes() == before
 
 
+def test_the_best_checkpoint_is_the_model_checkpoint_callbacks(smoke_run, tiny_cfg, tmp_path):
+    run_dir, results = smoke_run
+    assert results["best_checkpoint"] == str(run_dir / "checkpoints" / "best.ckpt")
+    # Without it, last.ckpt (another ModelCheckpoint) must not be taken for the best weights.
+    alone = train(tiny_cfg("~callbacks.model_checkpoint", run_dir=tmp_path / "no_best"))
+    assert (tmp_path / "no_best" / "checkpoints" / "last.ckpt").is_file()
+    assert alone["best_checkpoint"] is None and "operating_point" not in alone
+
+
 @pytest.mark.slow
 @needs_real_sample
 def test_real_images_random_backbone_well_above_chance(tiny_cfg, tmp_path: Path) -> None:

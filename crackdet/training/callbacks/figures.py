@@ -6,14 +6,13 @@ from pathlib import Path
 
 import lightning as L
 import matplotlib.pyplot as plt
-import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.functional.classification import binary_confusion_matrix
 
-from crackdet.data.scan import CLASS_NAMES
+from crackdet.data.classes import CLASS_NAMES
 from crackdet.data.transforms import denormalize
+from crackdet.evaluation.mistakes import most_confident_mistakes
 from crackdet.evaluation.plots import confusion_matrix_figure, image_grid_figure
-from crackdet.evaluation.threshold import decisions
 from crackdet.training.callbacks.outputs import EpochOutputs
 
 
@@ -22,16 +21,6 @@ def _tensorboard(trainer: L.Trainer):
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
-
-
-def most_confident_mistakes(
-    probs: torch.Tensor, labels: torch.Tensor, k: int, threshold: float = 0.5
-) -> torch.Tensor:
-    """Positions of up to `k` misclassified samples, the most confidently wrong first."""
-    preds = decisions(probs, threshold)
-    wrong = torch.nonzero(preds != labels).flatten()
-    confidence = torch.where(labels[wrong] == 1, 1 - probs[wrong], probs[wrong])
-    return wrong[torch.argsort(confidence, descending=True)[:k]]
 
 
 class EvaluationFigures(EpochOutputs):

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-import torch
-
+from crackdet.evaluation.predictions_file import PREDICTION_COLUMNS
 from crackdet.evaluation.threshold import decisions
 from crackdet.io import write_csv
 from crackdet.training.callbacks.outputs import EpochOutputs
-
-PREDICTION_COLUMNS = ("path", "label", "prob_crack", "pred")
 
 
 class PredictionsWriter(EpochOutputs):
@@ -33,15 +29,3 @@ class PredictionsWriter(EpochOutputs):
             )
         )
         write_csv(self.output_dir / f"predictions_{stage}.csv", PREDICTION_COLUMNS, rows)
-
-
-def read_predictions(path: str | Path) -> dict[str, torch.Tensor | list[str]]:
-    """Load a predictions CSV back into paths, labels and probabilities."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    return {
-        "path": [r["path"] for r in rows],
-        "label": torch.tensor([int(r["label"]) for r in rows]),
-        "prob_crack": torch.tensor([float(r["prob_crack"]) for r in rows]),
-        "pred": torch.tensor([int(r["pred"]) for r in rows]),
-    }
