@@ -121,13 +121,12 @@ def log_step_now(trainer: Any) -> None:
     after every `on_train_batch_end` hook has returned; a run stopped from such a hook
     (InterruptCheckpoint) would lose that step's row, and there is no public call for it.
     """
-    from lightning.pytorch import Trainer
     from lightning.pytorch.loops import training_epoch_loop
     from lightning.pytorch.trainer.connectors.logger_connector import logger_connector
 
     connector_class = private_name(logger_connector, "_LoggerConnector", "lightning")
     epoch_loop = private_name(training_epoch_loop, "_TrainingEpochLoop", "lightning")
-    require_lookup(Trainer.__init__, "_logger_connector", "lightning")
+    require_lookup(epoch_loop.advance, "_logger_connector", "lightning")
     for name in ("on_batch_end", "update_train_step_metrics"):
         private_name(connector_class, name, "lightning")
         require_lookup(epoch_loop.advance, name, "lightning")
