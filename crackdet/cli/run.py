@@ -1,4 +1,7 @@
-"""Shared behaviour of the entry points: user errors end the run with a message, not a traceback."""
+"""Shared behaviour of the entry points: user errors end the run with a message, not a traceback.
+
+A run that stops this way at its start leaves its run directory as it was (crackdet.cli.run_dir).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +13,17 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from crackdet.cli.run_dir import undo_failed_start
 from crackdet.errors import CrackdetError
 
 log = logging.getLogger("crackdet")
 
 
 def run_main(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run `task(cfg)`; a CrackdetError is logged and exits with status 2 (1 under multirun)."""
+    """Run `task(cfg)`; a CrackdetError is logged and exits with status 2 (1 under multirun).
+
+    A single run stopped this way before writing any result leaves no run directory behind.
+    """
     try:
         return task(cfg)
     except Exception as exc:
@@ -31,6 +38,7 @@ def run_main(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         # (A config composed without running Hydra, as in tests, has no mode.)
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise error from None  # the sweep records this job as failed, with this message
+        undo_failed_start()
         sys.exit(2)
 
 

@@ -1,12 +1,12 @@
-"""Start-up checks of a training config: a mistake is reported before any data is read.
+"""Start-up checks of a config: every mistake is reported at once, before anything is written.
 
-`validate_train_config(cfg)` runs first in `train()` and raises on the first mistake a
-ConfigError (DataError, WeightsError for the data folder and weights file) naming the setting
-and the fix; `run_main` turns it into a message and exit status 2. Checks that live beside the
-code using a setting are reused from there (data folder, data.fractions, model.weights, the
-target recall). The data module and the model check their own remaining settings
-(data.batch_size, data.image_size, data.split, model.dropout, model.bn_mode, ...) when they are
-built, which `train()` does next, before it reads any data or builds the network.
+`SETTING_RULES` is one table of what each numeric or enum setting of a training config must be;
+`check_settings(cfg)` applies it. `validate_train_config(cfg)` adds the training checks
+that look at files (data folder, weights, checkpoint, run folders) and the settings that depend on
+each other, and raises one ConfigError listing every problem (a single problem keeps its own
+type: DataError, WeightsError). `OutputDirCheck`, a Hydra callback, runs them before Hydra
+creates the run folder or writes `.hydra/` and the log; `run_main` turns a later start-up error
+into exit status 2 and leaves the run folder as it was (crackdet.cli.run_dir).
 
 Misspelt keys and unknown config group options never get this far: Hydra's struct mode rejects
 them while composing the config, naming the key or listing the available options.
@@ -15,20 +15,34 @@ them while composing the config, naming the key or listing the available options
 from __future__ import annotations
 
 import errno
+import logging
+import os
+import sys
 import tempfile
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.accelerators import AcceleratorRegistry
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from crackdet.cli.run import run_main
+from crackdet.cli.run_dir import record_start
+from crackdet.data.datamodule import SPLIT_MODES
 from crackdet.data.scan import check_data_dir
 from crackdet.data.splits import check_fractions
-from crackdet.errors import ConfigError, write_failure_reason
+from crackdet.distributed import process_rank
+from crackdet.errors import ConfigError, CrackdetError, write_failure_reason
 from crackdet.evaluation.threshold import check_target_recall
 from crackdet.models.backbone import resolve_weights
+from crackdet.models.runtime import RUNTIMES
+from crackdet.models.torch_model import BN_MODES
+
+log = logging.getLogger("crackdet")
 
 
 def _is_number(value: Any, integer: bool = False) -> bool:
@@ -36,9 +50,120 @@ def _is_number(value: Any, integer: bool = False) -> bool:
     return isinstance(value, kinds) and not isinstance(value, bool)
 
 
-def _require(condition: bool, setting: str, value: Any, rule: str) -> None:
-    if not condition:
-        raise ConfigError(f"{setting}={value} {rule}")
+@dataclass(frozen=True)
+class Rule:
+    """What a setting must be: a test of the value and the words that say what it accepts."""
+
+    must_be: str
+    accepts: Callable[[Any], bool]
+
+    def __or__(self, other: Rule) -> Rule:
+        return Rule(
+            f"{self.must_be}, or {other.must_be}", lambda v: self.accepts(v) or other.accepts(v)
+        )
+
+
+def integer(minimum: int | None = None) -> Rule:
+    """A whole number (1.5 and "abc" are refused, not truncated), at least `minimum`."""
+    words = "an integer" if minimum is None else f"an integer, {minimum} or more"
+    return Rule(words, lambda v: _is_number(v, integer=True) and (minimum is None or v >= minimum))
+
+
+def number(
+    low: float, high: float | None = None, low_open: bool = False, high_open: bool = False
+) -> Rule:
+    """A number in the interval from `low` to `high` (open ends excluded)."""
+    if high is None:
+        words = f"a number {'above' if low_open else 'of at least'} {low}"
+    else:
+        words = f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+    def accepts(v: Any) -> bool:
+        if not _is_number(v):
+            return False
+        above = v > low if low_open else v >= low
+        below = high is None or (v < high if high_open else v <= high)
+        return above and below
+
+    return Rule(words, accepts)
+
+
+def one_of(*values: Any) -> Rule:
+    """One of the listed values (compared with their types: 2 is not "2")."""
+    allowed = ", ".join("null" if v is None else str(v) for v in values)
+
+    def accepts(v: Any) -> bool:
+        return any(v == a and type(v) is type(a) for a in values)
+
+    return Rule(f"one of: {allowed}", accepts)
+
+
+NULL = one_of(None)
+BOOLEAN = one_of(True, False)
+#: Lightning's precision settings (the short legacy spellings 16, 32, "bf16"... are accepted too).
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+LEGACY_PRECISIONS = (16, 32, 64, "16", "32", "64", "bf16")
+_BATCH_LIMIT = integer(0) | number(0.0, 1.0) | NULL
+
+#: What every numeric or enum setting of train.py must be. A key absent from the config is not
+#: checked. (eval.py and predict.py give some of these keys other meanings, e.g. null = "as the
+#: checkpoint recorded", and check them where they are used.)
+SETTING_RULES: dict[str, Rule] = {
+    "seed": integer() | NULL,
+    "data.image_size": integer(32),
+    "data.batch_size": integer(1),
+    "data.num_workers": integer(0),
+    "data.train_fraction": number(0, 1, low_open=True, high_open=True),
+    "data.split": one_of(*SPLIT_MODES),
+    "data.split_seed": integer() | NULL,
+    "data.on_bad_image": one_of("error", "skip"),
+    "data.feature_cache": one_of("auto", "off", "rebuild"),
+    "data.pin_memory": BOOLEAN,
+    "data.synthetic.n_per_class": integer(1),
+    "data.synthetic.size": integer(8),
+    "data.synthetic.seed": integer(),
+    "model.optimizer.lr": number(0, low_open=True),
+    "model.optimizer.weight_decay": number(0),
+    "model.dropout": number(0, 1, high_open=True),
+    "model.bn_mode": one_of(*BN_MODES),
+    "model.num_classes": Rule("2: the labels are crack (1) and no crack (0)", lambda v: v == 2),
+    "model.freeze_backbone": BOOLEAN,
+    "model.channels_last": BOOLEAN,
+    "model.backbone_runtime": one_of(*RUNTIMES),
+    "trainer.precision": Rule(
+        one_of(*PRECISIONS).must_be, one_of(*PRECISIONS, *LEGACY_PRECISIONS).accepts
+    ),
+    "trainer.accelerator": one_of(
+        "auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())
+    ),
+    "trainer.devices": integer(1)
+    | Rule("-1 (all)", lambda v: v == -1)
+    | one_of("auto")
+    | Rule("a list of device indices", lambda v: OmegaConf.is_list(v) or isinstance(v, list)),
+    "trainer.max_epochs": integer(1) | Rule("-1 with trainer.max_steps", lambda v: v == -1) | NULL,
+    "trainer.min_epochs": integer(0) | NULL,
+    "trainer.max_steps": integer(1) | Rule("-1 (no limit)", lambda v: v == -1),
+    "trainer.log_every_n_steps": integer(1) | NULL,
+    "trainer.check_val_every_n_epoch": integer(1) | NULL,
+    "trainer.num_sanity_val_steps": integer(0) | Rule("-1 (all)", lambda v: v == -1),
+    "trainer.limit_train_batches": _BATCH_LIMIT,
+    "trainer.limit_val_batches": _BATCH_LIMIT,
+    "trainer.limit_test_batches": _BATCH_LIMIT,
+    "trainer.deterministic": one_of(True, False, "warn", None),
+    "callbacks.operating_point.target_recall": number(0, 1, low_open=True),
+}
+
+_ABSENT = object()
+
+
+def check_settings(cfg: DictConfig) -> list[str]:
+    """Every setting of `cfg` that breaks its rule in SETTING_RULES, as `key=value must be ...`."""
+    problems = []
+    for key, rule in SETTING_RULES.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT and not rule.accepts(value):
+            problems.append(f"{key}={value} must be {rule.must_be}.")
+    return problems
 
 
 def check_writable_dir(path: str | Path, setting: str, fix: str) -> Path:
@@ -82,106 +207,72 @@ def _check_outputs(cfg: DictConfig) -> None:
 
 
 def _check_data(data: DictConfig) -> None:
-    synthetic = data.get("synthetic")
-    if synthetic:
-        n = synthetic.get("n_per_class")
-        _require(
-            _is_number(n, integer=True) and n >= 1,
-            "data.synthetic.n_per_class",
-            n,
-            "must be a positive integer, e.g. data.synthetic.n_per_class=200.",
-        )
-    else:
+    if not data.get("synthetic"):
         check_data_dir(data.data_dir, data.classes)
+
+
+def _check_fractions(data: DictConfig) -> None:
     check_fractions(data.get("fractions", [0.7, 0.15, 0.15]))
+
+
+def _check_normalization(data: DictConfig) -> None:
     for key in ("mean", "std"):
         values = data.get(key)
-        _require(
-            isinstance(values, Sequence) and len(values) == 3 and all(map(_is_number, values)),
-            f"data.{key}",
-            values,
-            "must be three numbers, one per RGB channel.",
-        )
-    _require(
-        all(s > 0 for s in data.std),
-        "data.std",
-        data.std,
-        "must be above 0 in every channel (images are divided by it).",
-    )
-
-
-def _check_model(model: DictConfig) -> None:
-    resolve_weights(model.get("weights"))
-    num_classes = model.get("num_classes", 2)
-    _require(
-        num_classes == 2,
-        "model.num_classes",
-        num_classes,
-        "must be 2: the labels are crack (1) and no crack (0).",
-    )
-    optimizer = model.get("optimizer") or {}
-    lr = optimizer.get("lr")
-    if lr is not None:
-        _require(
-            _is_number(lr) and lr > 0,
-            "model.optimizer.lr",
-            lr,
-            "must be a number above 0, e.g. model.optimizer.lr=1e-3.",
-        )
-    weight_decay = optimizer.get("weight_decay")
-    if weight_decay is not None:
-        _require(
-            _is_number(weight_decay) and weight_decay >= 0,
-            "model.optimizer.weight_decay",
-            weight_decay,
-            "must be a number, 0 or more.",
+        if not (isinstance(values, Sequence) and len(values) == 3 and all(map(_is_number, values))):
+            raise ConfigError(f"data.{key}={values} must be three numbers, one per RGB channel.")
+    if not all(s > 0 for s in data.std):
+        raise ConfigError(
+            f"data.std={data.std} must be above 0 in every channel (images are divided by it)."
         )
 
 
-def _check_trainer(trainer: DictConfig) -> None:
+def _check_epochs(trainer: DictConfig) -> None:
     max_epochs, min_epochs = trainer.get("max_epochs"), trainer.get("min_epochs")
     max_steps = trainer.get("max_steps")
-    if not (max_epochs in (None, -1) and _is_number(max_steps, integer=True) and max_steps > 0):
-        # Without a step budget, the epochs are the budget.
-        _require(
-            _is_number(max_epochs, integer=True) and max_epochs >= 1,
-            "trainer.max_epochs",
-            max_epochs,
-            "must be an integer, 1 or more, e.g. trainer.max_epochs=10.",
+    if max_epochs in (None, -1) and not (_is_number(max_steps, integer=True) and max_steps > 0):
+        raise ConfigError(
+            f"trainer.max_epochs={max_epochs} needs trainer.max_steps > 0 (without a step "
+            "budget, the epochs are the budget), e.g. trainer.max_epochs=10."
         )
-    if min_epochs is not None:
-        _require(
-            _is_number(min_epochs, integer=True) and min_epochs >= 0,
-            "trainer.min_epochs",
-            min_epochs,
-            "must be an integer, 0 or more.",
+    both_set = _is_number(min_epochs, integer=True) and _is_number(max_epochs, integer=True)
+    if both_set and max_epochs >= 1 and min_epochs > max_epochs:
+        raise ConfigError(
+            f"trainer.min_epochs={min_epochs} must not exceed trainer.max_epochs={max_epochs}."
         )
-        if _is_number(max_epochs, integer=True) and max_epochs >= 1:
-            _require(
-                min_epochs <= max_epochs,
-                "trainer.min_epochs",
-                min_epochs,
-                f"must not exceed trainer.max_epochs={max_epochs}.",
-            )
+
+
+def check_resume_checkpoint(ckpt_path: str) -> None:
+    """`ckpt_path` is a readable Lightning training checkpoint (read lazily, nothing is loaded)."""
+    path = Path(str(ckpt_path)).expanduser()
+    fix = (
+        "Give a checkpoint of a training run, e.g. "
+        "ckpt_path=outputs/train/<run>/checkpoints/last.ckpt, or ckpt_path=null."
+    )
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path} is not a file. {fix}")
+    if not zipfile.is_zipfile(path):  # what torch.save writes; truncated archives fail too
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} is not a checkpoint file (empty, truncated or another kind "
+            f"of file: not the archive torch.save writes). {fix}"
+        )
+    try:
+        # mmap: only the index of the archive is read, however large the checkpoint.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # a damaged archive or a pickle of foreign objects
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} cannot be read as a checkpoint ({type(exc).__name__}: "
+            f"{reason}). {fix}"
+        ) from exc
+    if not isinstance(checkpoint, dict) or not {"state_dict", "loops"} <= checkpoint.keys():
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} is not a training checkpoint (it has no state_dict and "
+            f"loop state to resume; a plain state dict belongs in model.weights). {fix}"
+        )
 
 
 def _check_run(cfg: DictConfig) -> None:
-    seed = cfg.get("seed")
-    _require(
-        seed is None or _is_number(seed, integer=True),
-        "seed",
-        seed,
-        "must be an integer, or null for a random seed.",
-    )
     ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is not None:
-        _require(
-            Path(str(ckpt_path)).expanduser().is_file(),
-            "ckpt_path",
-            ckpt_path,
-            "is not a file. Give a checkpoint of a training run, e.g. "
-            "ckpt_path=outputs/train/<run>/checkpoints/last.ckpt, or ckpt_path=null.",
-        )
     if not cfg.get("train", True) and cfg.get("test", True) and ckpt_path is None:
         raise ConfigError(
             "train=false tests a trained model, but ckpt_path is not set: give "
@@ -192,44 +283,115 @@ def _check_run(cfg: DictConfig) -> None:
             "data.split=all puts every image in the test split, leaving nothing to train on: "
             "use data.split=seed or stratified for training, and data.split=all with eval.py."
         )
-    operating_point = OmegaConf.select(cfg, "callbacks.operating_point")
-    if operating_point and "target_recall" in operating_point:
-        recall = operating_point.target_recall
-        _require(
-            _is_number(recall),
-            "callbacks.operating_point.target_recall",
-            recall,
-            "must be a number in (0, 1], e.g. 0.99.",
-        )
-        check_target_recall(
-            operating_point.target_recall, "callbacks.operating_point.target_recall"
-        )
+
+
+def _check_target_recall(cfg: DictConfig) -> None:
+    recall = OmegaConf.select(cfg, "callbacks.operating_point.target_recall")
+    if _is_number(recall):
+        check_target_recall(recall, "callbacks.operating_point.target_recall")
+
+
+def start_problems(cfg: DictConfig) -> list[CrackdetError]:
+    """Every problem of a training config found before any work: values, files and folders."""
+    problems: list[CrackdetError] = [ConfigError(p) for p in check_settings(cfg)]
+    bad = {p.args[0].split("=", 1)[0] for p in problems}
+    checks: list[tuple[str | None, Callable[[], Any]]] = [
+        (None, lambda: _check_outputs(cfg)),
+        (None, lambda: _check_run(cfg)),
+        (None, lambda: _check_data(cfg.data)),
+        (None, lambda: _check_fractions(cfg.data)),
+        (None, lambda: _check_normalization(cfg.data)),
+        (None, lambda: resolve_weights(cfg.model.get("weights"))),
+        ("trainer.max_epochs", lambda: _check_epochs(cfg.trainer)),
+        ("callbacks.operating_point.target_recall", lambda: _check_target_recall(cfg)),
+    ]
+    if cfg.get("ckpt_path") is not None:
+        checks.append((None, lambda: check_resume_checkpoint(cfg.ckpt_path)))
+    for depends_on, check in checks:
+        if depends_on in bad:
+            continue  # already reported: its value is wrong, the check would only repeat it
+        try:
+            check()
+        except CrackdetError as problem:
+            problems.append(problem)
+    return problems
+
+
+def raise_problems(problems: Sequence[CrackdetError]) -> None:
+    """Raise the one problem as it is, or one ConfigError listing them all."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        listed = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"{len(problems)} problems stop this run before it starts:\n{listed}")
 
 
 def validate_train_config(cfg: DictConfig) -> None:
-    """Check the settings of a training config before any work starts; raise on the first mistake."""
-    _check_outputs(cfg)
-    _check_run(cfg)
-    _check_data(cfg.data)
-    _check_model(cfg.model)
-    _check_trainer(cfg.trainer)
+    """Check a training config before any work starts; raise naming every problem found."""
+    raise_problems(start_problems(cfg))
+
+
+#: The start-up checks of each entry point (by task_name) that the Hydra callback runs.
+START_CHECKS: dict[str, Callable[[DictConfig], None]] = {"train": validate_train_config}
+
+
+def _stop_on_error(check: Callable[[], Any]) -> None:
+    """Run a check in a Hydra callback: a problem ends the process with status 2.
+
+    Hydra turns exceptions of callbacks into warnings and carries on, so the callback exits.
+    """
+    try:
+        check()
+    except CrackdetError as error:
+        log.error("%s", error)
+        sys.exit(2)
+
+
+def _with_run_dir(config: DictConfig) -> DictConfig:
+    """`config` with hydra.runtime.output_dir set to the run folder, as Hydra sets it next.
+
+    Also makes `${hydra:...}` resolvable, which Hydra only does once the job starts.
+    """
+    with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+        config.hydra.runtime.output_dir = os.path.abspath(str(config.hydra.run.dir))
+    HydraConfig.instance().set_config(config)
+    return config
+
+
+def reused_sweep_problem(sweep_dir: str | Path) -> ConfigError | None:
+    """A sweep folder that already holds a sweep is refused: its jobs would be overwritten."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir() or not any(sweep_dir.iterdir()):
+        return None
+    return ConfigError(
+        f"hydra.sweep.dir={sweep_dir} already holds a sweep; a new sweep would reuse its job "
+        "numbers and overwrite its jobs. Leave hydra.sweep.dir unset for a fresh folder, or "
+        "give a new one, e.g. hydra.sweep.dir=" + f"{sweep_dir}_2. (An Optuna study with "
+        "hydra.sweeper.storage continues in a new folder.)"
+    )
 
 
 class OutputDirCheck(Callback):
-    """Hydra callback: the run or sweep folder must be creatable, checked before Hydra makes it."""
+    """Hydra callback: the start-up checks, run before Hydra creates or writes any folder."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Check hydra.run.dir."""
-        run_main(
-            lambda cfg: check_writable_dir(cfg.hydra.run.dir, "hydra.run.dir", _run_dir_fix(cfg)),
-            config,
+        """Check hydra.run.dir and the config; note the run folder's state for a failed start."""
+        _stop_on_error(
+            lambda: check_writable_dir(config.hydra.run.dir, "hydra.run.dir", _run_dir_fix(config))
         )
+        if process_rank() == 0:  # DDP children work in their parent's folder
+            record_start(config.hydra.run.dir)
+        check = START_CHECKS.get(str(config.get("task_name")))
+        if check is not None:
+            _stop_on_error(lambda: check(_with_run_dir(config)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Check hydra.sweep.dir."""
-        run_main(
-            lambda cfg: check_writable_dir(
-                cfg.hydra.sweep.dir, "hydra.sweep.dir", _run_dir_fix(cfg)
-            ),
-            config,
+        """Check hydra.sweep.dir (writable, not holding an earlier sweep) and the settings."""
+        sweep_dir = config.hydra.sweep.dir
+        _stop_on_error(
+            lambda: check_writable_dir(sweep_dir, "hydra.sweep.dir", _run_dir_fix(config))
         )
+        checked = str(config.get("task_name")) in START_CHECKS
+        problems = [ConfigError(p) for p in check_settings(config)] if checked else []
+        reused = reused_sweep_problem(sweep_dir)
+        _stop_on_error(lambda: raise_problems([*problems, *([reused] if reused else [])]))
