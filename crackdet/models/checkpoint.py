@@ -82,8 +82,8 @@ def read_checkpoint(ckpt_path: str | Path | None, setting: str = "ckpt_path") ->
         else:
             what = f"a {type(checkpoint).__name__} without a state_dict"
         raise CheckpointError(
-            f"{setting}={path} holds {what}, not a training checkpoint: it lacks the model "
-            f"settings and preprocessing crackdet needs. {_FIX}"
+            f"{setting}={path} holds {what}: it is not a training checkpoint, it lacks the "
+            f"model settings and preprocessing crackdet needs. {_FIX}"
         )
     return checkpoint
 
