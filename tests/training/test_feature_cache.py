@@ -3,8 +3,12 @@ the backbone runtimes, and the throughput benchmark run end to end."""
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import logging
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,27 +21,27 @@ from hydra.utils import instantiate
 import crackdet.training.feature_cache as features
 from crackdet.data.datamodule import CrackDataModule
 from crackdet.data.synthetic import synthetic_image
-from crackdet.errors import ConfigError
+from crackdet.errors import ConfigError, DataError
 from crackdet.evaluation.predictions_file import read_predictions
 from crackdet.models.backbone import build_backbone
 from crackdet.models.lightning_model import CrackClassifier
 from crackdet.models.runtime import build_feature_extractor
 from crackdet.training.feature_cache import cached_features, usage_problem
 from crackdet.training.train import train
-from tests.conftest import run_entry
+from tests.conftest import TINY, compose_cfg, run_entry
 
 
 @pytest.fixture
 def extractions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Records every call of the extraction function (its number of images)."""
     calls: list[int] = []
-    real = features.extract_features
+    real = features.extract_batches
 
     def counting(datamodule, extract, records, *args, **kwargs):
         calls.append(len(records))
         return real(datamodule, extract, records, *args, **kwargs)
 
-    monkeypatch.setattr(features, "extract_features", counting)
+    monkeypatch.setattr(features, "extract_batches", counting)
     return calls
 
 
@@ -53,6 +57,20 @@ def folder_datamodule(folder: Path, cache: Path, image_size: int = 48) -> CrackD
     )
     datamodule.setup()
     return datamodule
+
+
+def replace_keeping_size_and_mtime(path: Path, crack: bool) -> None:
+    """Put another image's bytes (padded to the same size) in `path`, keeping its mtime."""
+    stat = path.stat()
+    for seed in range(1000, 2000):
+        buffer = io.BytesIO()
+        synthetic_image(seed=seed, size=48, crack=crack).save(buffer, format="JPEG")
+        if len(buffer.getvalue()) <= stat.st_size:
+            break
+    # JPEG decoders stop at the end-of-image marker: trailing padding is ignored.
+    path.write_bytes(buffer.getvalue().ljust(stat.st_size, b"\0"))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
 
 
 def head_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -99,9 +117,10 @@ def test_cached_features_train_like_the_backbone_and_are_reused(
         torch.testing.assert_close(cached["prob_crack"], uncached["prob_crack"], atol=1e-5, rtol=0)
 
 
-def test_cache_is_rebuilt_when_weights_image_size_or_files_change(
-    image_folder, tmp_path: Path, extractions: list[int]
+def test_cache_is_rebuilt_when_weights_or_image_size_change_and_per_image_for_content(
+    image_folder, tmp_path: Path, extractions: list[int], caplog
 ):
+    caplog.set_level(logging.INFO, logger="crackdet.training.feature_cache")
     folder, cache = image_folder(n_per_class=2, size=48), tmp_path / "cache"
     weights = []
     for name in ("a", "b"):
@@ -122,16 +141,24 @@ def test_cache_is_rebuilt_when_weights_image_size_or_files_change(
     assert len(extractions) == 2, "other weights reused the first weights' features"
     cached_features(folder_datamodule(folder, cache, image_size=64), backbone)
     assert len(extractions) == 3, "another image size reused the 48 px features"
+    # Replaced as `cp -p` or a backup restore would: same size, same modification time.
     changed = sorted((folder / "Positive").iterdir())[0]
-    synthetic_image(seed=999, size=48, crack=True).save(changed)
-    cached_features(folder_datamodule(folder, cache), backbone)
-    assert len(extractions) == 4, f"features of the old {changed.name} were reused"
+    replace_keeping_size_and_mtime(changed, crack=True)
+    caplog.clear()
+    datamodule = folder_datamodule(folder, cache)
+    again = cached_features(datamodule, backbone)
+    assert extractions[3] == 1, f"{extractions}: only {changed.name} needed extracting"
+    assert f"1 new or changed since cached, e.g. {changed.name}" in caplog.text
+    with torch.no_grad():
+        fresh = backbone.eval()(datamodule.datasets["test"][2][0][None])
+    torch.testing.assert_close(again[2:3], fresh, atol=1e-4, rtol=0)
+    assert torch.equal(again[3:], first[3:])
     # Random initialisations are told apart by their values, not by a name.
     torch.manual_seed(1)
     cached_features(folder_datamodule(folder, cache), build_backbone(None))
     torch.manual_seed(2)
     cached_features(folder_datamodule(folder, cache), build_backbone(None))
-    assert len(extractions) == 6
+    assert extractions[4:] == [4, 4]
 
 
 def test_damaged_cache_file_is_rebuilt_with_a_warning(
@@ -140,7 +167,7 @@ def test_damaged_cache_file_is_rebuilt_with_a_warning(
     folder, cache = image_folder(n_per_class=2, size=48), tmp_path / "cache"
     backbone = build_backbone(None)
     first = cached_features(folder_datamodule(folder, cache), backbone)
-    (path,) = (cache / "features").glob("*.pt")
+    (path,) = (cache / "features").glob("*/*.pt")
     intact = path.read_bytes()
     # Inside the stored tensor, where no check of the file format would notice it.
     offset = intact.find(first[0].numpy().tobytes()[:64])
@@ -159,6 +186,47 @@ def test_damaged_cache_file_is_rebuilt_with_a_warning(
     assert len(extractions) == 3, "the rebuilt file was not reused"
 
 
+def test_full_disk_or_a_changed_unreadable_image_never_ends_in_a_traceback(
+    image_folder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+):
+    folder, cache = image_folder(n_per_class=2, size=48), tmp_path / "cache"
+    backbone = build_backbone(None)
+
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(features, "atomic_write_bytes", full_disk)
+        with caplog.at_level(logging.WARNING, logger="crackdet.training.feature_cache"):
+            first = cached_features(folder_datamodule(folder, cache), backbone)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "Feature cache not saved: the disk holding" in warning and "is full" in warning
+    assert not list((cache / "features").glob("*/*.pt"))
+    # The run goes on with the features extracted in memory.
+    with torch.no_grad():
+        expected = backbone.eval()(folder_datamodule(folder, cache).datasets["test"][3][0][None])
+    torch.testing.assert_close(first[3:4], expected, atol=1e-4, rtol=0)
+
+    # An image damaged after the scan checked it: extracting it names the file, no traceback.
+    datamodule = folder_datamodule(folder, cache)
+    broken = sorted((folder / "Negative").iterdir())[1]
+    broken.write_bytes(b"\0" * broken.stat().st_size)
+    with pytest.raises(DataError, match=f"{broken}.*changed after the data folder was checked"):
+        cached_features(datamodule, backbone)
+
+
+def test_float32_runtimes_share_a_cache_other_precisions_do_not(image_folder, tmp_path: Path):
+    datamodule = folder_datamodule(image_folder(n_per_class=1, size=48), tmp_path / "cache")
+    keys = {
+        (runtime, precision): features.settings_key("weights", datamodule, runtime, precision)
+        for runtime in ("eager", "compile", "onnxruntime")
+        for precision in ("32-true", "bf16-mixed")
+    }
+    assert len({keys[r, "32-true"] for r in ("eager", "compile", "onnxruntime")}) == 1
+    assert keys["eager", "bf16-mixed"] != keys["eager", "32-true"]
+    assert keys["onnxruntime", "bf16-mixed"] != keys["eager", "bf16-mixed"]
+
+
 def test_concurrent_jobs_extract_once_and_share_the_file(
     image_folder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -166,21 +234,22 @@ def test_concurrent_jobs_extract_once_and_share_the_file(
     backbone = build_backbone(None)
     datamodules = [folder_datamodule(folder, cache) for _ in range(2)]
     calls = []
-    real = features.extract_features
+    real = features.extract_batches
 
     def slow(*args, **kwargs):
         calls.append(1)
         time.sleep(1.0)  # long enough for the other job to arrive while this one extracts
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(features, "extract_features", slow)
+    monkeypatch.setattr(features, "extract_batches", slow)
     # flock locks belong to open files, so two threads contend exactly like two processes.
     with ThreadPoolExecutor(2) as pool:
         jobs = [pool.submit(cached_features, dm, backbone) for dm in datamodules]
         results = [job.result() for job in jobs]
     assert len(calls) == 1
     assert torch.equal(results[0], results[1])
-    assert sorted(p.suffix for p in (cache / "features").iterdir()) == [".lock", ".pt"]
+    (lock,) = (cache / "features").glob("*.lock")
+    assert len(list(lock.with_suffix("").glob("*.pt"))) == 1
 
 
 @pytest.mark.parametrize(
@@ -271,3 +340,78 @@ def test_throughput_benchmark_runs_end_to_end(image_folder, tmp_path: Path):
     assert report["epochs"]["cold_epoch_s"] > 0 and report["epochs"]["warm_epoch_s"] > 0
     assert report["peak_memory_mb"]["process"] > 0
     assert "crackdet throughput" in result.stdout
+
+
+FAULT = "+callbacks.fault._target_=tests.training.extraction_faults."
+
+
+def stored_features(cache: Path) -> dict[str, torch.Tensor]:
+    """Every feature row kept in a cache folder, by image fingerprint."""
+    (folder,) = (p for p in (cache / "features").iterdir() if p.is_dir())
+    return features.FeatureStore(folder, folder.name).read()
+
+
+@pytest.mark.slow
+def test_sigterm_during_extraction_stops_keeps_features_and_the_rerun_ends_the_same(
+    tmp_path: Path, synthetic_cache: Path
+):
+    data = f"data.data_dir={synthetic_cache / 'synthetic' / 'n20_s48_seed0'}"
+    reference = [*TINY, data, f"paths.cache_dir={tmp_path / 'reference-cache'}"]
+    train(compose_cfg(tmp_path / "reference", reference))
+    run = [
+        *TINY,
+        data,
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    # 40 images in batches of 8: the signal arrives while the second batch is computed.
+    stopped = run_entry(
+        "train.py", *run, f"{FAULT}SignalDuringExtraction", "+callbacks.fault.batch=2"
+    )
+    output = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "the features of 16 of 40 images are saved in" in output
+    assert "Traceback" not in output and not (tmp_path / "run" / "metrics.json").exists()
+    assert len(stored_features(tmp_path / "cache")) == 16
+
+    rerun = run_entry("train.py", *run)
+    output = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, output[-3000:]
+    assert "Extracting features of 24 of 40 images" in output
+    resumed, uninterrupted = (
+        stored_features(tmp_path / "cache"),
+        stored_features(tmp_path / "reference-cache"),
+    )
+    assert resumed.keys() == uninterrupted.keys()
+    for fingerprint, row in uninterrupted.items():
+        torch.testing.assert_close(resumed[fingerprint], row, atol=1e-5, rtol=0)
+    metrics = [
+        json.loads((d / "metrics.json").read_text())
+        for d in (tmp_path / "run", tmp_path / "reference")
+    ]
+    for section in ("fit", "validate", "test"):
+        assert metrics[0].get(section) == pytest.approx(metrics[1].get(section), abs=1e-6), section
+
+
+@pytest.mark.slow
+def test_a_cache_write_failing_on_rank_0_stops_every_ddp_process_with_the_error(
+    tmp_path: Path, synthetic_cache: Path
+):
+    result = run_entry(
+        "train.py",
+        *TINY,
+        f"data.data_dir={synthetic_cache / 'synthetic' / 'n20_s48_seed0'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "trainer=ddp_cpu",
+        # A hang would end in a collective timing out after a minute, with a traceback.
+        "+trainer.strategy.timeout._target_=datetime.timedelta",
+        "+trainer.strategy.timeout.seconds=60",
+        f"{FAULT}FailCacheWrite",
+        timeout=400,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert "Cannot keep backbone features in paths.cache_dir" in output  # rank 0's own error
+    assert "Process 0 of 2 failed, so all stop: Cannot keep backbone features" in output  # rank 1
+    assert "Traceback" not in output
