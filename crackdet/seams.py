@@ -132,3 +132,21 @@ def log_step_now(trainer: Any) -> None:
         require_lookup(epoch_loop.advance, name, "lightning")
     trainer._logger_connector.on_batch_end()
     trainer._logger_connector.update_train_step_metrics()
+
+
+# --- torch: whether the CPU kernels have native bfloat16 -----------------------------------------
+
+
+def torch_cpu_has_native_bf16() -> bool:
+    """Whether PyTorch's CPU kernels (oneDNN) have native bfloat16 support on this CPU.
+
+    PyTorch has no public query for this; `torch.ops.mkldnn._is_mkldnn_bf16_supported` is what
+    its own tests use. A missing op answers False, so bf16 is refused by name (never emulated
+    slowly); tests/test_seams.py fails when the op is gone.
+    """
+    import torch
+
+    if not torch.backends.mkldnn.is_available():
+        return False
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(probe()) if probe is not None else False

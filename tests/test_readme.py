@@ -26,7 +26,7 @@ def first_code_block() -> list[str]:
 def test_first_lines_install_run_and_test() -> None:
     assert README.index("```bash") < 40, "the two commands must open the README"
     install_and_run, test = first_code_block()
-    assert install_and_run.startswith('pip install -e ".[dev]" && python train.py ')
+    assert install_and_run.startswith('pip install -e ".[all,dev]" && python train.py ')
     assert test == "pytest"
 
 

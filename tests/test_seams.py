@@ -102,3 +102,13 @@ def test_step_logging_seam_fails_loudly_when_lightning_changes(monkeypatch) -> N
     monkeypatch.delattr(logger_connector._LoggerConnector, "update_train_step_metrics")
     with pytest.raises(SeamError, match="update_train_step_metrics"):
         log_step_now(SimpleNamespace(_logger_connector=None))
+
+
+def test_torch_reports_native_cpu_bf16_through_the_seam():
+    import torch
+
+    from crackdet.seams import torch_cpu_has_native_bf16
+
+    # If upstream renames the op, the seam would answer False and bf16 would be refused.
+    assert hasattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported")
+    assert isinstance(torch_cpu_has_native_bf16(), bool)

@@ -12,29 +12,13 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
 
-def optuna_sampler_seed(seed: int | None, storage: Any, study_name: str | None) -> int | None:
-    """`seed` plus the number of trials the stored study already holds (`seed` without storage).
-
-    A seeded sampler restarts its random draws in every process: a continued study would repeat
-    the first session's random start-up trials instead of trying new ones.
-    """
-    if seed is None or not storage or not isinstance(storage, str):
-        return seed
-    import optuna  # only a search with storage needs it
-
-    summaries = optuna.study.get_all_study_summaries(storage)
-    return int(seed) + next((s.n_trials for s in summaries if s.study_name == study_name), 0)
-
-
 def register_resolvers() -> None:
-    """Make `${project_root:}` and `${optuna_sampler_seed:...}` available to the configs.
+    """Make `${project_root:}` available to the configs.
 
     Safe to call more than once.
     """
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
-    if not OmegaConf.has_resolver("optuna_sampler_seed"):
-        OmegaConf.register_new_resolver("optuna_sampler_seed", optuna_sampler_seed)
 
 
 def run_settings(cfg: DictConfig) -> dict[str, Any]:

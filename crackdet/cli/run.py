@@ -23,7 +23,9 @@ def run_main(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run `task(cfg)`; a CrackdetError is logged and exits with status 2 (1 under multirun).
 
     A single run stopped this way before writing any result leaves no run directory behind.
+    Warnings go through logging, so the run's log file holds them as the console shows them.
     """
+    logging.captureWarnings(True)
     try:
         return task(cfg)
     except Exception as exc:

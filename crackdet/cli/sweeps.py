@@ -11,9 +11,7 @@ import atexit
 import json
 import logging
 import math
-import sys
 from collections.abc import Iterable, Mapping
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +21,9 @@ from hydra.types import RunMode
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
-from crackdet.cli.config import run_settings
 from crackdet.distributed import process_rank
 from crackdet.errors import ConfigError
 from crackdet.io import write_csv, write_json
@@ -58,9 +56,23 @@ SUMMARY_COLUMNS = (
     "error",
     "output_dir",
 )
-#: Config sections left out of TensorBoard's HParams view: locations and plumbing, not settings.
-HPARAMS_EXCLUDED = ("hydra", "paths", "callbacks", "logger")
-INSTANTIATE_FLAGS = ("_convert_", "_recursive_", "_partial_")
+#: TensorBoard HParams columns (name, config key): the settings runs of a sweep differ in.
+HPARAM_COLUMNS = (
+    ("lr", "model.optimizer.lr"),
+    ("weight_decay", "model.optimizer.weight_decay"),
+    ("dropout", "model.dropout"),
+    ("augmentation", "data.augmentation.name"),
+    ("batch_size", "data.batch_size"),
+    ("max_epochs", "trainer.max_epochs"),
+    ("accelerator", "trainer.accelerator"),
+    ("devices", "trainer.devices"),
+    ("precision", "trainer.precision"),
+    ("weights", "model.weights"),
+    ("bn_mode", "model.bn_mode"),
+    ("image_size", "data.image_size"),
+    ("split", "data.split"),
+    ("seed", "seed"),
+)
 
 
 def final_metrics(results: Mapping[str, Any]) -> dict[str, float]:
@@ -113,17 +125,27 @@ def is_maximized(direction: Any) -> bool:
     return name.startswith("max")
 
 
+def tie_break(metric: str | None) -> tuple[str, bool]:
+    """The second ranking key (metric, maximized): val/loss, lowest first (val/acc for a loss)."""
+    return ("val/acc", True) if metric == "val/loss" else ("val/loss", False)
+
+
 def ranked(records: Iterable[Mapping[str, Any]], maximize: bool = True) -> list[dict[str, Any]]:
-    """Jobs best first: finished jobs by their value, then jobs without a value, by job number."""
+    """Jobs best first: by value, ties by `tie_break`, then job number; jobs without a value last."""
     records = [dict(r) for r in records]
 
     # A diverged job can report NaN: it ranks with the jobs that have no value, not first.
-    def finite(r: Mapping[str, Any]) -> bool:
-        return r["value"] is not None and math.isfinite(r["value"])
+    def finite(value: Any) -> bool:
+        return value is not None and math.isfinite(value)
 
-    scored = [r for r in records if finite(r)]
-    scored.sort(key=lambda r: (-r["value"] if maximize else r["value"], r["job"]))
-    rest = sorted((r for r in records if not finite(r)), key=lambda r: r["job"])
+    def key(r: Mapping[str, Any]) -> tuple[float, float, int]:
+        second, second_max = tie_break(r.get("optimized_metric"))
+        tie = (r.get("metrics") or {}).get(second)
+        tie_key = (-tie if second_max else tie) if finite(tie) else math.inf
+        return (-r["value"] if maximize else r["value"], tie_key, r["job"])
+
+    scored = sorted((r for r in records if finite(r["value"])), key=key)
+    rest = sorted((r for r in records if not finite(r["value"])), key=lambda r: r["job"])
     return scored + rest
 
 
@@ -165,19 +187,31 @@ def varying_overrides(rows: list[Mapping[str, Any]]) -> list[list[str]]:
 
 
 def summary_table(rows: list[Mapping[str, Any]], title: str) -> Table:
-    """A rich table of ranked summary rows: differing overrides, status, main metrics."""
+    """A rich table of ranked summary rows: differing overrides, status, main metrics.
+
+    Each override is on its own line and never cut: a job is told apart by its full overrides.
+    """
     metrics = [m for m in TABLE_METRICS if any(r["metrics"].get(m) is not None for r in rows)]
     names = sorted({str(r["optimized_metric"]) for r in rows})
-    table = Table(title=title)
-    for column in ("#", "job", "overrides", "status", " | ".join(names), *metrics):
+    second = sorted({tie_break(r["optimized_metric"])[0] for r in rows})
+    overrides = varying_overrides(rows)
+    widest = max((len(o) for job in overrides for o in job), default=9)
+    table = Table(
+        title=title,
+        caption=f"ties: {' | '.join(second)} (better first), then job number",
+    )
+    table.add_column("#", no_wrap=True)
+    table.add_column("job", no_wrap=True)
+    table.add_column("overrides", min_width=widest, no_wrap=True, overflow="fold")
+    for column in ("status", " | ".join(names), *metrics):
         table.add_column(column, overflow="fold")
-    for position, (row, overrides) in enumerate(zip(rows, varying_overrides(rows), strict=True), 1):
+    for position, (row, job_overrides) in enumerate(zip(rows, overrides, strict=True), 1):
         status = "ok" if row["status"] == "ok" else "[red]failed[/red]"
         values = [row["value"], *(row["metrics"].get(m) for m in metrics)]
         table.add_row(
             str(position),
             str(row["job"]),
-            " ".join(overrides),
+            "\n".join(job_overrides),
             status,
             *("" if v is None else f"{v:.4f}" for v in values),
         )
@@ -190,24 +224,14 @@ def print_summary(rows: list[Mapping[str, Any]], title: str) -> None:
     if not rows:
         console.print(f"{title}: no job has finished.")
         return
-    if not console.is_terminal:
-        console.width = max(console.width, 160)  # a log file has room for every column
-    console.print(summary_table(rows, title))
+    table = summary_table(rows, title)
+    # Never squeezed below its natural width: a narrow terminal wraps lines instead of cutting them.
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    console.width = max(console.width, natural)
+    console.print(table)
     for row in rows:
         if row["status"] != "ok":
             console.print(f"[red]job {row['job']} failed:[/red] {row['error']}", highlight=False)
-
-
-def check_optuna_storage(storage: Any) -> None:
-    """Optuna 2.x cannot use a database under SQLAlchemy 2 (its schema check fails): say so."""
-    if not storage or not isinstance(storage, str):
-        return
-    if int(version("optuna").split(".")[0]) < 3 and int(version("sqlalchemy").split(".")[0]) >= 2:
-        raise ConfigError(
-            f"hydra.sweeper.storage={storage} needs SQLAlchemy 1.4 with optuna "
-            f"{version('optuna')} (installed: SQLAlchemy {version('sqlalchemy')}). "
-            "Install it with: pip install 'sqlalchemy>=1.4,<2'; or run without storage."
-        )
 
 
 class SweepSummary(Callback):
@@ -226,16 +250,11 @@ class SweepSummary(Callback):
         return not any(word in metric for word in ("loss", "ece", "error"))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Check the Optuna storage; make sure the table is printed even if a job fails.
+        """Make sure the table is printed even if a job fails.
 
         Hydra raises a failed job's error after the whole sweep ran, skipping on_multirun_end,
         so the table is then printed when the interpreter exits.
         """
-        try:
-            check_optuna_storage(OmegaConf.select(config, "hydra.sweeper.storage"))
-        except ConfigError as exc:
-            log.error("%s", exc)
-            sys.exit(2)  # Hydra turns callback exceptions into warnings and carries on
         self._sweep_dir = Path(config.hydra.sweep.dir)
         self.maximize = self._maximized(config)
         atexit.register(self.report)
@@ -260,21 +279,41 @@ class SweepSummary(Callback):
         print_summary(rows, f"{len(rows)} job(s), best first: {sweep_dir / SUMMARY_FILE}")
 
 
-def _without_plumbing(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _without_plumbing(v) for k, v in node.items() if k not in INSTANTIATE_FLAGS}
-    return node
+def hparam_columns(cfg: DictConfig) -> dict[str, Any]:
+    """The settings of a run a researcher compares, as TensorBoard HParams columns."""
+    columns: dict[str, Any] = {}
+    for name, key in HPARAM_COLUMNS:
+        value = OmegaConf.select(cfg, key, default=None)
+        columns[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    optimizer = str(OmegaConf.select(cfg, "model.optimizer._target_", default=""))
+    columns["optimizer"] = optimizer.rsplit(".", 1)[-1] or "null"
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        columns["trainer"] = str(HydraConfig.get().runtime.choices.get("trainer", "null"))
+    return columns
 
 
 def log_final_hparams(
     loggers: Iterable[Logger], cfg: DictConfig, results: Mapping[str, Any]
 ) -> None:
-    """Give TensorBoard's HParams view this run's settings with its final metrics (as `hp/...`)."""
-    metrics = {f"hp/{name}": value for name, value in final_metrics(results).items()}
-    if not metrics:
+    """TensorBoard's HParams view: this run's main settings beside its final metrics.
+
+    The metric columns read the run's own scalar tags (`val/acc_best`, `test/acc`, ...), so no
+    copies of the metrics are logged.
+    """
+    final = final_metrics(results)
+    wanted = (cfg.get("optimized_metric"), "val/acc_best", *SUMMARY_METRICS)
+    tags = [m for m in dict.fromkeys(wanted) if m and m in final]
+    if not tags:
         return
-    resolved = run_settings(cfg)
-    settings = _without_plumbing({k: v for k, v in resolved.items() if k not in HPARAMS_EXCLUDED})
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    summaries = hparams(hparam_columns(cfg), {tag: final[tag] for tag in tags})
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(settings, metrics=metrics)
+            # Beside the run's scalars (Lightning has closed its writer): HParams reads them there.
+            with SummaryWriter(log_dir=logger.log_dir) as writer:
+                for summary in summaries:
+                    writer.file_writer.add_summary(summary)

@@ -22,6 +22,7 @@ from crackdet.errors import ConfigError
 from crackdet.evaluation.threshold import DEFAULT_THRESHOLD, stored_threshold
 from crackdet.models.checkpoint import checkpoint_file, load_classifier
 from crackdet.models.lightning_model import CrackClassifier
+from crackdet.models.runtime import FeatureFn, build_feature_extractor
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,25 @@ def resolve_threshold(
         origin = f"{setting}={value}" if source == "setting" else f"The {source} threshold {value}"
         raise ConfigError(f"{origin} must lie in [0, 1]; set {setting}=<p> in [0, 1].")
     return value, source
+
+
+def backbone_runner(
+    model: CrackClassifier,
+    runtime: str | None,
+    precision: str | None,
+    example_shape: tuple[int, int],
+    device: torch.device,
+    cache_dir: str | Path | None,
+) -> FeatureFn:
+    """The checkpoint's backbone on a runtime; None takes the training run's choice.
+
+    `example_shape` is (batch size, image size); ONNX exports are kept under `cache_dir`.
+    """
+    runtime = runtime or model.hparams.get("backbone_runtime", "auto")
+    precision = precision or model.hparams.get("backbone_precision", "fp32")
+    batch, size = example_shape
+    example = torch.zeros(batch, 3, size, size)
+    return build_feature_extractor(model.backbone, runtime, example, device, precision, cache_dir)
 
 
 def pick_device(name: str) -> torch.device:

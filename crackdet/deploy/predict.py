@@ -23,12 +23,13 @@ from crackdet.cli.run import rerun_command
 from crackdet.data.images import load_rgb
 from crackdet.deploy.inference import (
     LoadedCheckpoint,
+    backbone_runner,
     find_images,
     load_checkpoint,
     pick_device,
     resolve_threshold,
 )
-from crackdet.deploy.tiling import Box, heatmap_overlay, tile_batches, tile_boxes
+from crackdet.deploy.tiling import Box, heatmap_overlay, is_tiled, tile_batches, tile_boxes
 from crackdet.errors import ConfigError, DataError, OutputError
 from crackdet.io import atomic_write_bytes
 
@@ -58,7 +59,15 @@ class PredictSettings:
     batch_size: int
     heatmap_max_side: int
     device: str
+    #: Photos with a side at least this long are tiled; None: twice the model's input size.
+    tile_min_side: int | None = None
+    backbone_runtime: str | None = None
+    backbone_precision: str | None = None
     resume: bool = False
+
+    def min_side(self, image_size: int) -> int:
+        """The side from which photos are tiled, for a model of `image_size` px input."""
+        return self.tile_min_side or 2 * image_size
 
     @classmethod
     def from_cfg(cls, section: DictConfig) -> PredictSettings:
@@ -71,8 +80,16 @@ class PredictSettings:
             int(section.batch_size),
             int(section.heatmap_max_side),
             str(section.device),
+            None if section.get("tile_min_side") is None else int(section.tile_min_side),
+            section.get("backbone_runtime"),
+            section.get("backbone_precision"),
             bool(section.get("resume", False)),
         )
+        if settings.tile_min_side is not None and settings.tile_min_side < 1:
+            raise ConfigError(
+                f"predict.tile_min_side={settings.tile_min_side} must be a positive integer, or "
+                "null for twice the model's input size."
+            )
         if tile < 1 or settings.batch_size < 1 or settings.heatmap_max_side < 1:
             raise ConfigError(
                 f"predict.tile_size={tile}, predict.batch_size={settings.batch_size} and "
@@ -122,8 +139,22 @@ class _Row:
 class _Predictor:
     """Runs the classifier in batches: whole small images across files, tiles within a photo."""
 
-    def __init__(self, loaded: LoadedCheckpoint, settings: PredictSettings, device: torch.device):
+    def __init__(
+        self,
+        loaded: LoadedCheckpoint,
+        settings: PredictSettings,
+        device: torch.device,
+        cache_dir: str | Path | None = None,
+    ):
         self.model = loaded.model.to(device).eval()
+        self.features = backbone_runner(
+            self.model,
+            settings.backbone_runtime,
+            settings.backbone_precision,
+            (settings.batch_size, loaded.image_size),
+            device,
+            cache_dir,
+        )
         self.transform = loaded.transform()
         self.settings = settings
         self.device = device
@@ -132,7 +163,8 @@ class _Predictor:
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> list[float]:
         """p(crack) of every image of a preprocessed batch."""
-        return self.model(batch.to(self.device)).softmax(dim=-1)[:, 1].float().cpu().tolist()
+        logits = self.model.head(self.features(batch).to(self.device))
+        return logits.softmax(dim=-1)[:, 1].float().cpu().tolist()
 
     def add_whole(self, row: _Row, image: Image.Image) -> list[_Row]:
         """Queue a small image; returns the rows finished by a full batch."""
@@ -310,13 +342,14 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     heatmap_dir = output_dir / "heatmaps"
     log.info(
         "Classifying %d image(s) with %s (image size %d, threshold %.4g from the %s) on %s; "
-        "images larger than %d px are scanned in tiles every %d px.",
+        "images with a side of at least %d px (and over %d px) are scanned in tiles every %d px.",
         len(paths),
         loaded.path,
         loaded.image_size,
         threshold,
         source,
         device,
+        settings.min_side(loaded.image_size),
         settings.tile_size,
         settings.stride,
     )
@@ -326,7 +359,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         log.info(
             "Continuing %s: %d image(s) already done, %d to go.", out.path, len(out.done), len(todo)
         )
-    predictor = _Predictor(loaded, settings, device)
+    predictor = _Predictor(loaded, settings, device, cfg.paths.get("cache_dir"))
     rows: list[_Row] = []
     used_names = {Path(r["heatmap"]).name for r in out.done.values() if r.get("heatmap")}
     columns = (
@@ -356,7 +389,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                 finished([row])
                 continue
             row.width, row.height = image.size
-            if max(image.size) <= settings.tile_size:
+            if not is_tiled(*image.size, settings.tile_size, settings.min_side(loaded.image_size)):
                 finished(predictor.add_whole(row, image))
                 continue
             progress.reset(tiles_task, total=None, visible=False)

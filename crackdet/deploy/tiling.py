@@ -18,6 +18,14 @@ HEAT_MAX_ALPHA = 0.6
 OUTLINE_COLOUR = np.array([255.0, 230.0, 0.0])
 
 
+def is_tiled(width: int, height: int, tile_size: int, min_side: int) -> bool:
+    """True for a photo clearly larger than the model input: a side >= min_side and > tile_size.
+
+    Anything smaller (a 256 px data set crop for a 224 px model) is one whole-image prediction.
+    """
+    return max(width, height) >= min_side and max(width, height) > tile_size
+
+
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     """Offsets of windows of `tile` px every `stride` px; the last one ends flush with the edge."""
     if length <= tile:

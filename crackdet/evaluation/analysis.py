@@ -173,6 +173,20 @@ def gradcam_maps(model: CrackClassifier, images: torch.Tensor, target_class: int
         return cam(input_tensor=images.detach().clone().requires_grad_(True), targets=targets)
 
 
+#: Added to the Grad-CAM panel of a model whose backbone was never trained.
+RANDOM_BACKBONE_NOTE = (
+    "The backbone is random (model.weights=null): these maps show where random features happen "
+    "to separate the classes,\nnot learned crack evidence. Train with ImageNet weights for "
+    "meaningful maps."
+)
+
+
+def backbone_weights(ckpt_path: str | Path) -> str | None:
+    """The `model.weights` the checkpoint's model was trained from (None: random backbone)."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    return (checkpoint.get("hyper_parameters") or {}).get("weights")
+
+
 def gradcam_figure(run: Run, k: int = 8, columns: int = 4) -> Figure:
     """Grad-CAM of "crack" over the run's most confident mistakes (both kinds)."""
     positions = mistakes(run, "fn", k) + mistakes(run, "fp", k)
@@ -192,9 +206,7 @@ def gradcam_figure(run: Run, k: int = 8, columns: int = 4) -> Figure:
     for image, heat in zip(batch, maps, strict=True):
         rgb = denormalize(image, loaded.mean, loaded.std).permute(1, 2, 0).numpy()
         overlays.append(show_cam_on_image(rgb, heat, use_rgb=True))
-    return image_grid_figure(
-        overlays,
-        [_caption(run, i) for i in positions],
-        columns,
-        title=f"{run.split}: Grad-CAM of 'crack' on the mistakes (red: evidence for crack)",
-    )
+    title = f"{run.split}: Grad-CAM of 'crack' on the mistakes (red: evidence for crack)"
+    if backbone_weights(run.ckpt_path) is None:
+        title = f"{title}\n{RANDOM_BACKBONE_NOTE}"
+    return image_grid_figure(overlays, [_caption(run, i) for i in positions], columns, title=title)

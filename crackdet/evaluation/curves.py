@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from torchmetrics.functional.classification import (
     binary_auroc,
     binary_average_precision,
@@ -149,6 +150,10 @@ def probability_histogram_figure(
     if threshold is not None:
         ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
     ax.set_yscale("log")
+    # Counts as plain numbers at 1, 2, 5, 10, 20, ... instead of powers of ten.
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set(xlabel="p(crack)", ylabel="images", title=title or "p(crack) per true class")
     ax.legend(fontsize=8)
     fig.tight_layout()

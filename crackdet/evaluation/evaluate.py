@@ -22,7 +22,7 @@ from torchmetrics.functional.classification import binary_auroc, binary_average_
 from crackdet.data.classes import CLASS_NAMES
 from crackdet.data.datamodule import CrackDataModule
 from crackdet.data.manifest import list_digest, manifest_of_checkpoint, relative_path
-from crackdet.deploy.inference import recorded_data_settings
+from crackdet.deploy.inference import backbone_runner, recorded_data_settings
 from crackdet.errors import ConfigError, DataError
 from crackdet.evaluation.calibration import (
     apply_temperature,
@@ -115,9 +115,20 @@ class _Predictor:
         self.collector = _Collector()
         self.trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[self.collector])
         self.model = model
+        self.runtime = (cfg.eval.get("backbone_runtime"), cfg.eval.get("backbone_precision"))
+        self.cache_dir = cfg.data.get("cache_dir")
 
     def __call__(self, datamodule: CrackDataModule, split: str) -> Predictions:
         """p(crack) of every image of `split`, through the model's own test step."""
+        if self.model.feature_fn is None:
+            # The backbone runs on the configured runtime; the head in the test step.
+            self.model.feature_fn = backbone_runner(
+                self.model,
+                *self.runtime,
+                (datamodule.batch_size, datamodule.image_size),
+                self.trainer.strategy.root_device,
+                self.cache_dir,
+            )
         loader = datamodule.test_dataloader() if split != "val" else datamodule.val_dataloader()
         logged = self.trainer.test(self.model, dataloaders=loader, verbose=False)[0]
         idx, probs, labels = self.collector.outputs
@@ -436,6 +447,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
+def points_of(point: dict[str, Any] | None) -> dict[str, float]:
+    """The thresholds figures mark: the 0.5 default and, when there is one, the operating point."""
+    points = {"default": DEFAULT_THRESHOLD}
+    if point:
+        points["operating point"] = point["threshold"]
+    return points
+
+
 def _write_figures_and_scalars(
     results: dict[str, Any],
     probs: torch.Tensor,
@@ -444,20 +463,25 @@ def _write_figures_and_scalars(
     output_dir: Path,
 ) -> None:
     split, point = results["split"], results["operating_point"]
+    # Every figure names the data set and split it shows, and the threshold(s) it judges at.
+    where = f"{Path(results['data']['data_dir']).name}, {split} split"
+    marked = ", ".join(f"{name} t={t:.4g}" for name, t in points_of(point).items())
     logger = TensorBoardLogger(
         save_dir=output_dir, name="tensorboard", version="", default_hp_metric=False
     )
     writer = logger.experiment
     scalars = {k: v for k, v in results["metrics"].items() if v is not None}
-    points = {"default": DEFAULT_THRESHOLD}
+    points = points_of(point)
     if point:
-        points["operating point"] = point["threshold"]
         scalars.update(
             {k.replace("/", "/op_", 1): v for k, v in point["metrics"].items() if v is not None}
         )
         m = point["metrics"]
         counts = [[m[f"{split}/tn"], m[f"{split}/fp"]], [m[f"{split}/fn"], m[f"{split}/tp"]]]
-        title = f"{split}: {len(labels)} images, threshold {point['threshold']:.4g}"
+        title = (
+            f"{where}: {len(labels)} images\nthreshold {point['threshold']:.4g} "
+            f"(operating point: {point['source']})"
+        )
         _save_figure(
             confusion_matrix_figure(counts, CLASS_NAMES, title),
             output_dir / "confusion_matrix_operating_point.png",
@@ -469,7 +493,9 @@ def _write_figures_and_scalars(
     counts = [[m[f"{split}/tn"], m[f"{split}/fp"]], [m[f"{split}/fn"], m[f"{split}/tp"]]]
     _save_figure(
         confusion_matrix_figure(
-            counts, CLASS_NAMES, f"{split}: {len(labels)} images, threshold {DEFAULT_THRESHOLD}"
+            counts,
+            CLASS_NAMES,
+            f"{where}: {len(labels)} images\nthreshold {DEFAULT_THRESHOLD} (default)",
         ),
         output_dir / "confusion_matrix.png",
         writer,
@@ -477,7 +503,10 @@ def _write_figures_and_scalars(
     )
     _save_figure(
         reliability_figure(
-            curves, labels, results["calibration"]["bins"], title=f"{split}: reliability"
+            curves,
+            labels,
+            results["calibration"]["bins"],
+            title=f"{where}: reliability\n(every threshold: no decision)",
         ),
         output_dir / "reliability.png",
         writer,
@@ -485,13 +514,15 @@ def _write_figures_and_scalars(
     )
     if labels.unique().numel() == 2:
         _save_figure(
-            pr_curve_figure(probs, labels, points, title=f"{split}: precision-recall"),
+            pr_curve_figure(
+                probs, labels, points, title=f"{where}: precision-recall\nmarked: {marked}"
+            ),
             output_dir / "pr_curve.png",
             writer,
             f"{split}/pr_curve",
         )
         _save_figure(
-            roc_curve_figure(probs, labels, points, title=f"{split}: ROC"),
+            roc_curve_figure(probs, labels, points, title=f"{where}: ROC\nmarked: {marked}"),
             output_dir / "roc_curve.png",
             writer,
             f"{split}/roc_curve",

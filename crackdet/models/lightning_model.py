@@ -20,7 +20,7 @@ from torchmetrics.classification import (
     BinarySpecificity,
 )
 
-from crackdet.models.runtime import check_runtime
+from crackdet.models.runtime import FeatureFn, check_precision, check_runtime, choose_runtime
 from crackdet.models.torch_model import CrackNet
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
@@ -62,10 +62,12 @@ class CrackClassifier(L.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         scheduler_monitor: str = "val/loss",
         channels_last: bool = True,
-        backbone_runtime: str = "eager",
+        backbone_runtime: str = "auto",
+        backbone_precision: str = "fp32",
     ):
         super().__init__()
         check_runtime(backbone_runtime)
+        check_precision(backbone_precision)
         self.save_hyperparameters(
             {
                 "weights": None if weights is None else str(weights),
@@ -77,8 +79,10 @@ class CrackClassifier(L.LightningModule):
                 "scheduler": _plain(scheduler),
                 "scheduler_monitor": scheduler_monitor,
                 "channels_last": bool(channels_last),
-                # Used by the feature cache's extraction; `forward` always runs eagerly.
+                # How the feature cache, eval.py and predict.py run the frozen backbone;
+                # `forward` and training steps always run eagerly.
                 "backbone_runtime": backbone_runtime,
+                "backbone_precision": backbone_precision,
             }
         )
         self.net = CrackNet(
@@ -96,6 +100,8 @@ class CrackClassifier(L.LightningModule):
         )
         self.sample_counts = nn.ModuleDict({f"{s}_": SumMetric() for s in ("val", "test")})
         self.val_acc_best = MaxMetric()
+        #: Computes backbone features of image batches in evaluation steps when set (eval.py).
+        self.feature_fn: FeatureFn | None = None
 
     @property
     def backbone(self) -> nn.Module:
@@ -122,9 +128,21 @@ class CrackClassifier(L.LightningModule):
         for key in [k for k in state if k.startswith(("backbone.", "head."))]:
             state[f"net.{key}"] = state.pop(key)
 
+    def setup(self, stage: str) -> None:
+        """Refuse a backbone runtime or precision this machine cannot run, before any work."""
+        if self.feature_fn is not None:  # already built by its user (eval.py), who chose
+            return
+        choose_runtime(
+            self.hparams.backbone_runtime,
+            self.hparams.get("backbone_precision", "fp32"),
+            self.trainer.strategy.root_device,
+        )
+
     def _shared_step(self, batch: Any, stage: str) -> dict[str, torch.Tensor]:
         x, y, idx = batch
-        logits = self.net.head(self.net.features(x))
+        use_runtime = self.feature_fn is not None and x.ndim == 4 and stage != "train"
+        features = self.feature_fn(x).to(self.dtype) if use_runtime else self.net.features(x)
+        logits = self.net.head(features)
         loss = self.loss_fn(logits, y)
         probs = logits.softmax(dim=-1)[:, 1]
         metrics = self.metrics[f"{stage}_"]

@@ -53,7 +53,7 @@ from crackdet.data.transforms import eval_transform
 from crackdet.errors import ConfigError, DataError
 from crackdet.io import atomic_write_bytes
 from crackdet.models.backbone import FEATURE_DIM
-from crackdet.models.runtime import FeatureFn, build_feature_extractor
+from crackdet.models.runtime import FeatureFn, build_feature_extractor, module_digest
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +108,6 @@ def usage_problem(datamodule: CrackDataModule, model: L.LightningModule) -> str 
     return None
 
 
-def module_digest(module: nn.Module) -> str:
-    """A hash of every parameter and buffer value: it changes whenever the outputs could."""
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
 def image_fingerprints(records: Sequence[ImageRecord]) -> list[str]:
     """The content fingerprint of each record's file, as the scan read it on this run.
 
@@ -126,7 +117,9 @@ def image_fingerprints(records: Sequence[ImageRecord]) -> list[str]:
     return [r.digest for r in records]
 
 
-def numerics_fields(runtime: str, precision: str) -> dict[str, str]:
+def numerics_fields(
+    runtime: str, precision: str, backbone_precision: str = "fp32"
+) -> dict[str, str]:
     """The cache key's runtime and precision fields: only what changes the features' values.
 
     Every float32 runtime (eager, compile, onnxruntime) computes the same features to about
@@ -135,13 +128,19 @@ def numerics_fields(runtime: str, precision: str) -> dict[str, str]:
     runtime's kernels: those are keyed by precision and runtime. A new runtime or precision
     option decides here whether it shares the float32 cache.
     """
+    if backbone_precision != "fp32":  # model.backbone_precision=bf16: its own features
+        return {"numerics": f"backbone-{backbone_precision}", "runtime": runtime}
     if precision in _FLOAT32_PRECISIONS:
         return {"numerics": "float32"}
     return {"numerics": precision, "runtime": runtime}
 
 
 def settings_key(
-    backbone_digest: str, datamodule: CrackDataModule, runtime: str, precision: str
+    backbone_digest: str,
+    datamodule: CrackDataModule,
+    runtime: str,
+    precision: str,
+    backbone_precision: str = "fp32",
 ) -> str:
     """The name of the features computed under these weights, preprocessing and numerics."""
     description = {
@@ -150,7 +149,7 @@ def settings_key(
         "image_size": datamodule.image_size,
         "mean": list(datamodule.mean),
         "std": list(datamodule.std),
-        **numerics_fields(runtime, precision),
+        **numerics_fields(runtime, precision, backbone_precision),
         # Decoding, resizing and kernels may change between releases: new versions, new features.
         "versions": [torch.__version__, torchvision.__version__, PIL.__version__],
     }
@@ -330,17 +329,21 @@ def _extractor(
     datamodule: CrackDataModule,
     backbone: nn.Module,
     runtime: str,
-    batch: int,
+    backbone_precision: str,
     precision: Precision,
     device: torch.device | None,
 ) -> FeatureFn:
+    if runtime == "auto" and precision.precision not in _FLOAT32_PRECISIONS:
+        runtime = "eager"  # the one runtime that follows Lightning's precision plugin
     if runtime != "eager" and precision.precision not in _FLOAT32_PRECISIONS:
         raise ConfigError(
             f"model.backbone_runtime={runtime} computes float32 features, but "
             f"trainer.precision={precision.precision}: use model.backbone_runtime=eager."
         )
-    example = torch.zeros(batch, 3, datamodule.image_size, datamodule.image_size)
-    extract = build_feature_extractor(backbone, runtime, example, device)
+    example = torch.zeros(datamodule.batch_size, 3, datamodule.image_size, datamodule.image_size)
+    extract = build_feature_extractor(
+        backbone, runtime, example, device, backbone_precision, datamodule.cache_dir
+    )
 
     def run(images: torch.Tensor) -> torch.Tensor:
         # The same autocast / dtype as the training step, so features match the uncached path.
@@ -434,6 +437,7 @@ def cached_features(
     backbone: nn.Module,
     runtime: str = "eager",
     *,
+    backbone_precision: str = "fp32",
     rebuild: bool = False,
     trainer: L.Trainer | None = None,
     backbone_digest: str | None = None,
@@ -449,7 +453,7 @@ def cached_features(
     precision = trainer.precision_plugin if trainer else Precision()
     ranks = _Ranks(trainer)
     digest = backbone_digest or module_digest(backbone)
-    key = settings_key(digest, datamodule, runtime, precision.precision)
+    key = settings_key(digest, datamodule, runtime, precision.precision, backbone_precision)
     store = FeatureStore(Path(datamodule.cache_dir) / "features" / key, key)
     features = torch.empty(len(records), FEATURE_DIM)
     with isolate_rng(), ExitStack() as held:
@@ -478,6 +482,7 @@ def cached_features(
                 datamodule,
                 backbone,
                 runtime,
+                backbone_precision,
                 precision,
                 ranks,
                 store,
@@ -532,6 +537,7 @@ def _extract_missing(
     datamodule: CrackDataModule,
     backbone: nn.Module,
     runtime: str,
+    backbone_precision: str,
     precision: Precision,
     ranks: _Ranks,
     store: FeatureStore,
@@ -546,7 +552,7 @@ def _extract_missing(
     """
     device = ranks.trainer.strategy.root_device if ranks.trainer else None
     extract, error = _attempt(
-        lambda: _extractor(datamodule, backbone, runtime, datamodule.batch_size, precision, device),
+        lambda: _extractor(datamodule, backbone, runtime, backbone_precision, precision, device),
         datamodule.cache_dir,
     )
     ranks.exchange(None, error)
@@ -662,6 +668,7 @@ class FeatureCache(L.Callback):
                 datamodule,
                 module.backbone,
                 module.hparams.get("backbone_runtime", "eager"),
+                backbone_precision=module.hparams.get("backbone_precision", "fp32"),
                 rebuild=datamodule.feature_cache == "rebuild" and not self._rebuilt,
                 trainer=trainer,
                 backbone_digest=self._digest,

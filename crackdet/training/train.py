@@ -15,12 +15,15 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
 from crackdet.cli.config import run_settings
+from crackdet.cli.console import quiet_known_noise, report_end_of_run
 from crackdet.cli.sweeps import log_final_hparams
 from crackdet.cli.validation import validate_train_config
 from crackdet.errors import ConfigError
 from crackdet.evaluation.threshold import stored_operating_point
+from crackdet.extras import check_logger_extras
 from crackdet.io import write_json
 from crackdet.models.checkpoint import check_resumable
+from crackdet.training.trackers import record_run_outputs
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,9 @@ def check_output_dir(output_dir: Path, ckpt_path: str | None) -> None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the model, test the best checkpoint when a test split exists, write metrics.json."""
+    quiet_known_noise()
     validate_train_config(cfg)
+    check_logger_extras(cfg.get("logger"))
     output_dir = Path(cfg.paths.output_dir)
     check_output_dir(output_dir, cfg.get("ckpt_path"))
     if cfg.get("seed") is not None:
@@ -125,7 +130,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_json(output_dir / "metrics.json", results)
     # With the final metrics, so TensorBoard's HParams view can compare the runs of a sweep.
     log_final_hparams(loggers, cfg, results)
+    if trainer.is_global_zero:
+        record_run_outputs(loggers, results)
+        report_end_of_run(
+            output_dir, results.get("best_checkpoint"), loggers, _view_dir(output_dir)
+        )
     return results
+
+
+def _view_dir(output_dir: Path) -> Path:
+    """The folder to open in a viewer: the whole sweep for a multirun job, else the run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir)
+    return output_dir
 
 
 def metric_value(results: dict[str, Any], name: str | None) -> float | None:

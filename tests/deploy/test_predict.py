@@ -114,6 +114,22 @@ def test_heatmap_shades_only_crack_tiles():
     assert tuple(clear_centre) == (128, 128, 128)
 
 
+def test_only_photos_clearly_larger_than_the_model_input_are_tiled(best_ckpt, tmp_path):
+    from crackdet.deploy.predict import PredictSettings
+    from crackdet.deploy.tiling import is_tiled
+
+    settings = PredictSettings.from_cfg(compose_cfg(tmp_path, config_name="predict").predict)
+    assert settings.min_side(224) == 448  # default: twice the model's input size
+    assert not is_tiled(256, 256, 227, 448)  # an SDNET crop for a 224 px model: one prediction
+    assert is_tiled(1600, 1200, 227, 448)
+    _photo((256, 256)).save(tmp_path / "sdnet.jpg")
+    (row,) = _predict(
+        best_ckpt, tmp_path / "sdnet.jpg", tmp_path / "run", "predict.tile_min_side=448"
+    )
+    assert row["n_tiles"] == "1" and row["heatmap"] == ""
+    assert not (tmp_path / "run" / "heatmaps").exists()
+
+
 def test_photos_with_the_same_name_get_their_own_heatmaps(best_ckpt: Path, tmp_path: Path):
     for folder in ("north", "south"):
         (tmp_path / "photos" / folder).mkdir(parents=True)

@@ -101,4 +101,27 @@ def test_analysis_reads_an_eval_run(trained_run: Path, tmp_path: Path) -> None:
     figure = analysis.gradcam_figure(run, k=2)
     overlays = [ax for ax in figure.axes if ax.images]
     assert len(overlays) == 2
+    # The tiny run's backbone is random: the panel says its maps are not crack evidence.
+    assert "The backbone is random (model.weights=null)" in figure.get_suptitle()
+    plt.close(figure)
+
+
+def test_histogram_counts_read_as_plain_numbers() -> None:
+    import torch
+
+    from crackdet.evaluation.curves import probability_histogram_figure
+
+    probs = torch.cat([torch.full((300,), 0.9), torch.full((3,), 0.2), torch.full((40,), 0.1)])
+    labels = torch.cat([torch.ones(303, dtype=torch.long), torch.zeros(40, dtype=torch.long)])
+    figure = probability_histogram_figure(probs, labels, 0.5)
+    figure.canvas.draw()
+    ax = figure.axes[0]
+    low, high = ax.get_ylim()
+    visible = [
+        t.get_text()
+        for t, v in zip(ax.get_yticklabels(), ax.get_yticks(), strict=True)
+        if low <= v <= high
+    ]
+    # Several plain-number ticks (5, 10, 20, 50, ...), not two powers of ten in TeX notation.
+    assert len(visible) >= 4 and all(t.isdigit() for t in visible), visible
     plt.close(figure)

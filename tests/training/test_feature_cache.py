@@ -315,31 +315,20 @@ def test_throughput_benchmark_runs_end_to_end(image_folder, tmp_path: Path):
     folder, output = image_folder(n_per_class=8, size=40), tmp_path / "throughput.json"
     result = run_entry(
         "benchmarks/throughput.py",
-        "--data-dir",
-        str(folder),
-        "--images",
-        "16",
-        "--image-size",
-        "32",
-        "--batch-size",
-        "8",
-        "--runtimes",
-        "eager",
-        "--repeats",
-        "1",
-        "--sweep-jobs",
-        "2",
-        "--output",
-        str(output),
+        *("--data-dir", str(folder), "--images", "16", "--image-size", "32"),
+        *("--batch-size", "8", "--runtimes", "eager", "--repeats", "1"),
+        *("--predict-images", "8", "--sweep-images", "16", "--sweep-epochs", "2"),
+        *("--sweep-jobs", "2", "--output", str(output)),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
-    assert report["recommended_runtime"] == "eager"
-    assert report["cold_extraction"]["images"] == 16
-    assert len(report["sweep"]["job_s"]) == 2
-    assert report["epochs"]["cold_epoch_s"] > 0 and report["epochs"]["warm_epoch_s"] > 0
-    assert report["peak_memory_mb"]["process"] > 0
-    assert "crackdet throughput" in result.stdout
+    assert report["in_memory"]["eager fp32"]["max_feature_difference_relative"] == 0
+    assert report["extraction"]["fp32"]["images"] == 16
+    assert report["cold_train"]["fp32"]["images"] == 16
+    assert report["predict"]["images"] == 8
+    assert report["sweep"]["jobs"] == 2 and report["sweep"]["ratio"] > 0
+    assert report["targets"]["sweep_vs_single"]["value"] == report["sweep"]["ratio"]
+    assert "Targets (ratios measured in this run)" in result.stdout
 
 
 FAULT = "+callbacks.fault._target_=tests.training.extraction_faults."

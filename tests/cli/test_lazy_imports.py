@@ -1,0 +1,31 @@
+"""`--help` and `--cfg job` answer without importing torch or Lightning (they take seconds)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from crackdet.cli.config import PROJECT_ROOT
+
+PROBE = """
+import runpy, sys
+sys.argv = [{script!r}, *{args!r}]
+try:
+    runpy.run_path({script!r}, run_name="__main__")
+except SystemExit:
+    pass
+print(sorted({{m.split(".")[0] for m in sys.modules}} & {{"torch", "lightning"}}))
+"""
+
+
+@pytest.mark.parametrize("script", ["train.py", "eval.py", "predict.py", "export.py"])
+@pytest.mark.parametrize("args", [["--cfg", "job"], ["--help"]])
+def test_entry_points_answer_without_torch(script: str, args: list[str]):
+    code = PROBE.format(script=str(PROJECT_ROOT / script), args=args)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-2000:]
