@@ -17,6 +17,10 @@ class ConfigError(CrackdetError):
     """A configuration value is out of range or inconsistent."""
 
 
+class CheckpointError(ConfigError):
+    """A checkpoint file is damaged, not a checkpoint, or of another model."""
+
+
 class WeightsError(CrackdetError):
     """Backbone weights cannot be found, downloaded or loaded."""
 

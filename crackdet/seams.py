@@ -111,6 +111,29 @@ def continuing_csv_writer() -> type:
     return ContinuingExperimentWriter
 
 
+# --- lightning: handing a training step's logged values to the loggers from its end hook -------
+
+
+def log_step_now(trainer: Any) -> None:
+    """Send the training step's logged values to the loggers now, as Lightning does after it.
+
+    Lightning writes a step's values in the private `_LoggerConnector.update_train_step_metrics`
+    after every `on_train_batch_end` hook has returned; a run stopped from such a hook
+    (InterruptCheckpoint) would lose that step's row, and there is no public call for it.
+    """
+    from lightning.pytorch.loops import training_epoch_loop
+    from lightning.pytorch.trainer.connectors.logger_connector import logger_connector
+
+    connector_class = private_name(logger_connector, "_LoggerConnector", "lightning")
+    epoch_loop = private_name(training_epoch_loop, "_TrainingEpochLoop", "lightning")
+    require_lookup(epoch_loop.advance, "_logger_connector", "lightning")
+    for name in ("on_batch_end", "update_train_step_metrics"):
+        private_name(connector_class, name, "lightning")
+        require_lookup(epoch_loop.advance, name, "lightning")
+    trainer._logger_connector.on_batch_end()
+    trainer._logger_connector.update_train_step_metrics()
+
+
 # --- torch: whether the CPU kernels have native bfloat16 -----------------------------------------
 
 

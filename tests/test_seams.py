@@ -6,6 +6,7 @@ import csv
 import subprocess
 from importlib.metadata import version
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from lightning.fabric.loggers import csv_logs
@@ -15,6 +16,7 @@ from lightning.pytorch.strategies.launchers import subprocess_script as pytorch_
 from crackdet.seams import (
     SeamError,
     continuing_csv_writer,
+    log_step_now,
     private_name,
     replace_ddp_child_command,
 )
@@ -82,6 +84,24 @@ def test_tested_versions_are_the_caps_in_pyproject() -> None:
     pyproject = (PROJECT_ROOT / "pyproject.toml").read_text()
     for package, versions in TESTED.items():
         assert f'"{package}{versions}"' in pyproject, package
+
+
+def test_step_logging_seam_calls_what_lightning_calls_after_a_step() -> None:
+    calls: list[str] = []
+    connector = SimpleNamespace(
+        on_batch_end=lambda: calls.append("on_batch_end"),
+        update_train_step_metrics=lambda: calls.append("update_train_step_metrics"),
+    )
+    log_step_now(SimpleNamespace(_logger_connector=connector))
+    assert calls == ["on_batch_end", "update_train_step_metrics"]
+
+
+def test_step_logging_seam_fails_loudly_when_lightning_changes(monkeypatch) -> None:
+    from lightning.pytorch.trainer.connectors.logger_connector import logger_connector
+
+    monkeypatch.delattr(logger_connector._LoggerConnector, "update_train_step_metrics")
+    with pytest.raises(SeamError, match="update_train_step_metrics"):
+        log_step_now(SimpleNamespace(_logger_connector=None))
 
 
 def test_torch_reports_native_cpu_bf16_through_the_seam():

@@ -6,6 +6,7 @@ A run that stops this way at its start leaves its run directory as it was (crack
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -41,3 +42,18 @@ def run_main(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             raise error from None  # the sweep records this job as failed, with this message
         undo_failed_start()
         sys.exit(2)
+
+
+def rerun_command(script: str, settings: dict[str, str]) -> str:
+    """The shell command that runs `script` again: this run's overrides, `settings` replacing any."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides: list[str] = []
+    if HydraConfig.initialized():
+        overrides = [
+            o
+            for o in HydraConfig.get().overrides.task
+            if o.split("=")[0].lstrip("+~") not in settings
+        ]
+    args = [*overrides, *(f"{key}={value}" for key, value in settings.items())]
+    return " ".join(["python", script, *(shlex.quote(a) for a in args)])

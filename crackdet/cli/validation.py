@@ -19,13 +19,11 @@ import logging
 import os
 import sys
 import tempfile
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from lightning.pytorch.accelerators import AcceleratorRegistry
@@ -249,6 +247,10 @@ def _check_epochs(trainer: DictConfig) -> None:
 
 def check_resume_checkpoint(ckpt_path: str) -> None:
     """`ckpt_path` is a readable Lightning training checkpoint (read lazily, nothing is loaded)."""
+    # The one checkpoint reader of every entry point says what a bad file is; imported here so
+    # that `--help` does not load torch.
+    from crackdet.models.checkpoint import read_checkpoint
+
     path = Path(str(ckpt_path)).expanduser()
     fix = (
         "Give a checkpoint of a training run, e.g. "
@@ -256,21 +258,8 @@ def check_resume_checkpoint(ckpt_path: str) -> None:
     )
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path} is not a file. {fix}")
-    if not zipfile.is_zipfile(path):  # what torch.save writes; truncated archives fail too
-        raise ConfigError(
-            f"ckpt_path={ckpt_path} is not a checkpoint file (empty, truncated or another kind "
-            f"of file: not the archive torch.save writes). {fix}"
-        )
-    try:
-        # mmap: only the index of the archive is read, however large the checkpoint.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # a damaged archive or a pickle of foreign objects
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(
-            f"ckpt_path={ckpt_path} cannot be read as a checkpoint ({type(exc).__name__}: "
-            f"{reason}). {fix}"
-        ) from exc
-    if not isinstance(checkpoint, dict) or not {"state_dict", "loops"} <= checkpoint.keys():
+    checkpoint = read_checkpoint(path)
+    if "loops" not in checkpoint:
         raise ConfigError(
             f"ckpt_path={ckpt_path} is not a training checkpoint (it has no state_dict and "
             f"loop state to resume; a plain state dict belongs in model.weights). {fix}"

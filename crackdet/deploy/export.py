@@ -23,6 +23,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
+from crackdet.cli.validation import check_writable_dir
 from crackdet.data.classes import CLASS_NAMES
 from crackdet.data.images import load_rgb
 from crackdet.deploy.inference import (
@@ -227,6 +228,12 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     """Write the whole classifier (normalisation folded in) and its sidecar; verify it runs."""
     fmt, quantize = _check_settings(cfg)
     model_path, sidecar = _targets(cfg, fmt)
+    # Before the slow part: an unwritable output would otherwise fail after exporting.
+    check_writable_dir(
+        model_path.parent,
+        "output" if cfg.get("output") else "hydra.run.dir",
+        "give output=<path> in a writable folder, or leave output unset for the run directory.",
+    )
     loaded = load_checkpoint(cfg.get("ckpt_path"))
     threshold, source = resolve_threshold(
         cfg.get("threshold"), loaded.stored_threshold, setting="threshold"

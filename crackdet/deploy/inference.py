@@ -20,6 +20,7 @@ from crackdet.data.images import visible_files
 from crackdet.data.transforms import eval_transform
 from crackdet.errors import ConfigError
 from crackdet.evaluation.threshold import DEFAULT_THRESHOLD, stored_threshold
+from crackdet.models.checkpoint import checkpoint_file, load_classifier
 from crackdet.models.lightning_model import CrackClassifier
 from crackdet.models.runtime import FeatureFn, build_feature_extractor
 
@@ -56,26 +57,10 @@ def recorded_data_settings(ckpt_path: str | Path) -> dict[str, Any]:
 
 def load_checkpoint(ckpt_path: str | Path | None) -> LoadedCheckpoint:
     """Load a training checkpoint on the CPU without needing the backbone's ImageNet weights."""
-    if not ckpt_path:
-        raise ConfigError(
-            "ckpt_path is not set. Pass a training checkpoint, e.g. "
-            "ckpt_path=outputs/train/<run>/checkpoints/best.ckpt."
-        )
-    path = Path(str(ckpt_path)).expanduser()
-    if not path.is_file():
-        raise ConfigError(
-            f"ckpt_path={ckpt_path}: no such file. Training writes checkpoints to "
-            "outputs/train/<run>/checkpoints/{best,last}.ckpt."
-        )
-    try:
-        model = CrackClassifier.load_from_checkpoint(path, weights=None, map_location="cpu")
-        data = recorded_data_settings(path)
-        threshold = stored_threshold(path)
-    except Exception as exc:  # unpickling, key and shape errors all mean "not our checkpoint"
-        raise ConfigError(
-            f"ckpt_path={path} could not be loaded as a crackdet training checkpoint "
-            f"({type(exc).__name__}: {exc})."
-        ) from exc
+    model = load_classifier(ckpt_path)
+    path = checkpoint_file(ckpt_path)
+    data = recorded_data_settings(path)
+    threshold = stored_threshold(path)
     if "image_size" not in data:
         raise ConfigError(
             f"ckpt_path={path} does not record the data preprocessing (no "
@@ -83,7 +68,7 @@ def load_checkpoint(ckpt_path: str | Path | None) -> LoadedCheckpoint:
         )
     return LoadedCheckpoint(
         path=path,
-        model=model.eval(),
+        model=model,
         image_size=int(data["image_size"]),
         mean=[float(v) for v in data["mean"]],
         std=[float(v) for v in data["std"]],

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import logging
-from collections.abc import Callable
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,7 @@ from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from crackdet.cli.run import rerun_command
 from crackdet.data.images import load_rgb
 from crackdet.deploy.inference import (
     LoadedCheckpoint,
@@ -25,8 +30,8 @@ from crackdet.deploy.inference import (
     resolve_threshold,
 )
 from crackdet.deploy.tiling import Box, heatmap_overlay, is_tiled, tile_batches, tile_boxes
-from crackdet.errors import ConfigError
-from crackdet.io import atomic_write_bytes, write_csv
+from crackdet.errors import ConfigError, DataError, OutputError
+from crackdet.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,7 @@ class PredictSettings:
     tile_min_side: int | None = None
     backbone_runtime: str | None = None
     backbone_precision: str | None = None
+    resume: bool = False
 
     def min_side(self, image_size: int) -> int:
         """The side from which photos are tiled, for a model of `image_size` px input."""
@@ -77,6 +83,7 @@ class PredictSettings:
             None if section.get("tile_min_side") is None else int(section.tile_min_side),
             section.get("backbone_runtime"),
             section.get("backbone_precision"),
+            bool(section.get("resume", False)),
         )
         if settings.tile_min_side is not None and settings.tile_min_side < 1:
             raise ConfigError(
@@ -187,6 +194,133 @@ class _Predictor:
         return boxes, probs
 
 
+class PredictionsFile:
+    """predictions.csv, written row by row and flushed per batch, so a crash keeps the rows.
+
+    An existing file is continued only with `predict.resume=true`: its complete rows are kept,
+    their images are skipped, and a line cut short by a crash is dropped (its image is redone).
+    """
+
+    def __init__(self, path: Path, threshold: float, resume: bool):
+        self.path = path
+        self.done: dict[str, dict[str, str]] = {}
+        if path.exists():
+            if not resume:
+                raise ConfigError(
+                    f"{path} already holds predictions; it is never overwritten. Continue it "
+                    "with predict.resume=true (images listed there are skipped), or leave "
+                    "hydra.run.dir unset for a fresh directory."
+                )
+            self.done = self._complete_rows(threshold)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fresh = not path.exists() or path.stat().st_size == 0
+            self.handle = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise OutputError.from_os_error(path, exc) from exc
+        self.writer = csv.writer(self.handle)
+        if fresh:
+            self.writer.writerow(PREDICT_COLUMNS)
+        self.written = 0
+
+    def _complete_rows(self, threshold: float) -> dict[str, dict[str, str]]:
+        """The rows of the earlier run, by path; the file is cut back to its last whole line."""
+        data = self.path.read_bytes()
+        whole = data[: data.rfind(b"\n") + 1]
+        rows = list(csv.DictReader(io.StringIO(whole.decode("utf-8"), newline="")))
+        if len(whole) < len(data):
+            with open(self.path, "r+b") as handle:
+                handle.truncate(len(whole))
+        used = {r["threshold"] for r in rows if r.get("threshold")}
+        if used and used != {str(threshold)}:
+            raise ConfigError(
+                f"{self.path} was written with threshold {', '.join(sorted(used))}, this run "
+                f"uses {threshold}: rows would not be comparable. Continue it with the same "
+                "ckpt_path and predict.threshold, or leave hydra.run.dir unset for a fresh one."
+            )
+        return {r["path"]: r for r in rows}
+
+    def write(self, rows: list[Any], threshold: float) -> None:
+        """Append a finished batch (or tiled photo) and flush it, so that a kill keeps it."""
+        for row in rows:
+            self.writer.writerow(row.cells(threshold))
+        self.written += len(rows)
+        self.flush()
+
+    def flush(self) -> None:
+        """Hand the written rows to the operating system."""
+        try:
+            self.handle.flush()
+        except OSError as exc:
+            raise OutputError.from_os_error(self.path, exc) from exc
+
+    def close(self) -> None:
+        """Flush, sync to disk and close (once)."""
+        if self.handle.closed:
+            return
+        self.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+
+
+class PredictionInterrupted(SystemExit):
+    """predict.py stopped on Ctrl-C or SIGTERM; the rows so far are kept. Status 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM end the loop with PredictionInterrupted instead of a traceback."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise PredictionInterrupted(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextmanager
+def _kept_when_stopped(out: PredictionsFile, total: int) -> Iterator[None]:
+    """Close predictions.csv however the loop ends; on a signal, say what it holds and how to go on."""
+    try:
+        yield
+    except PredictionInterrupted as stop:
+        out.close()
+        command = rerun_command(
+            "predict.py", {"hydra.run.dir": str(out.path.parent), "predict.resume": "true"}
+        )
+        log.warning(
+            "%s: stopped after %d of %d image(s); %s holds their rows. Continue with: %s",
+            signal.Signals(stop.signum).name,
+            len(out.done) + out.written,
+            total,
+            out.path,
+            command,
+        )
+        raise
+    finally:
+        out.close()
+
+
+def _check_some_readable(rows: list[_Row], earlier: PredictionsFile, spec: Any) -> None:
+    """Refuse a run in which no image could be read: its predictions would all be empty."""
+    if any(not row["error"] for row in earlier.done.values()):
+        return
+    if rows and all(row.error for row in rows):
+        raise DataError(
+            f"None of the {len(rows)} image(s) of input={spec} could be read (e.g. {rows[0].path}: "
+            f"{rows[0].error}); {earlier.path} lists each with its reason. Fix: give images "
+            "Pillow can open (.jpg, .png, .tif, ...)."
+        )
+
+
 def _heatmap_name(path: Path, used: set[str]) -> str:
     """`<stem>_heatmap.png`, with -2, -3, ... appended when another photo had the same stem."""
     name, n = f"{path.stem}_heatmap.png", 1
@@ -219,26 +353,33 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         settings.tile_size,
         settings.stride,
     )
+    out = PredictionsFile(output_dir / "predictions.csv", threshold, settings.resume)
+    todo = [p for p in paths if str(p.absolute()) not in out.done]
+    if out.done:
+        log.info(
+            "Continuing %s: %d image(s) already done, %d to go.", out.path, len(out.done), len(todo)
+        )
     predictor = _Predictor(loaded, settings, device, cfg.paths.get("cache_dir"))
     rows: list[_Row] = []
-    used_names: set[str] = set()
+    used_names = {Path(r["heatmap"]).name for r in out.done.values() if r.get("heatmap")}
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns) as progress:
-        images_task = progress.add_task("Images", total=len(paths))
+    with _stop_on_signals(), _kept_when_stopped(out, len(paths)), Progress(*columns) as progress:
+        images_task = progress.add_task("Images", total=len(todo))
         tiles_task = progress.add_task("Tiles", total=None, visible=False)
 
         def tiles_done(n: int, total: int) -> None:
             progress.update(tiles_task, advance=n, total=total, visible=True)
 
         def finished(done: list[_Row]) -> None:
+            out.write(done, threshold)
             progress.advance(images_task, len(done))
 
-        for path in paths:
+        for path in todo:
             row = _Row(str(path.absolute()))
             rows.append(row)
             try:
@@ -265,13 +406,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             finished([row])
         finished(predictor.flush())
         progress.update(tiles_task, visible=False)
-
-    csv_path = write_csv(
-        output_dir / "predictions.csv", PREDICT_COLUMNS, (row.cells(threshold) for row in rows)
-    )
+    csv_path = out.path
     summary = {
         "predictions": str(csv_path),
         "images": len(rows),
+        "already_done": len(out.done),
         "errors": sum(bool(r.error) for r in rows),
         "cracks": sum(r.prob is not None and r.prob >= threshold for r in rows),
         "heatmaps": sum(bool(r.heatmap) for r in rows),
@@ -289,4 +428,5 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     for row in rows:
         if row.error:
             log.warning("Could not read %s: %s", row.path, row.error)
+    _check_some_readable(rows, out, cfg.get("input"))
     return summary

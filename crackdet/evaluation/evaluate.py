@@ -41,6 +41,7 @@ from crackdet.evaluation.threshold import (
     threshold_metrics,
 )
 from crackdet.io import write_csv, write_json
+from crackdet.models.checkpoint import checkpoint_file, load_classifier
 from crackdet.models.lightning_model import CrackClassifier
 from crackdet.training.callbacks.outputs import EpochOutputs
 
@@ -111,13 +112,10 @@ class _Collector(EpochOutputs):
 class _Predictor:
     """One model and trainer, run over any split of any data module."""
 
-    def __init__(self, cfg: DictConfig, ckpt_path: str):
+    def __init__(self, cfg: DictConfig, model: CrackClassifier):
         self.collector = _Collector()
         self.trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[self.collector])
-        # The checkpoint holds every weight: no ImageNet download.
-        self.model = CrackClassifier.load_from_checkpoint(
-            ckpt_path, weights=None, map_location="cpu"
-        )
+        self.model = model
         self.runtime = (cfg.eval.get("backbone_runtime"), cfg.eval.get("backbone_precision"))
         self.cache_dir = cfg.data.get("cache_dir")
 
@@ -179,17 +177,9 @@ class _Evaluation:
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
-        if not cfg.ckpt_path or not Path(cfg.ckpt_path).expanduser().is_file():
-            problem = (
-                f"ckpt_path={cfg.ckpt_path} does not exist"
-                if cfg.ckpt_path
-                else ("ckpt_path is not set")
-            )
-            raise ConfigError(
-                f"{problem}; give a checkpoint such as "
-                "ckpt_path=outputs/train/<run>/checkpoints/best.ckpt."
-            )
-        self.ckpt_path = str(Path(cfg.ckpt_path).expanduser().resolve())
+        # A damaged or foreign checkpoint is refused before any data is read.
+        model = load_classifier(cfg.get("ckpt_path"))
+        self.ckpt_path = str(checkpoint_file(cfg.ckpt_path).resolve())
         self.target_recall = check_target_recall(cfg.eval.target_recall)
         self.on_mismatch = cfg.eval.get("on_mismatch", "error")
         if self.on_mismatch not in ON_MISMATCH:
@@ -234,7 +224,7 @@ class _Evaluation:
                 recorded_dir,
                 " (images matched by relative path and fingerprint)" if self.manifest else "",
             )
-        self.predict = _Predictor(cfg, self.ckpt_path)
+        self.predict = _Predictor(cfg, model)
         self.predictions = self.predict(self.datamodule, self.split)
         self._val: Predictions | None = None
 

@@ -22,6 +22,7 @@ from crackdet.errors import ConfigError
 from crackdet.evaluation.threshold import stored_operating_point
 from crackdet.extras import check_logger_extras
 from crackdet.io import write_json
+from crackdet.models.checkpoint import check_resumable
 from crackdet.training.callbacks.cost import training_cost
 from crackdet.training.trackers import record_run_outputs
 
@@ -88,6 +89,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     model: L.LightningModule = instantiate(cfg.model)
+    if cfg.get("ckpt_path"):
+        # Before the trainer starts: Lightning would fail on a bad file with a traceback.
+        check_resumable(cfg.ckpt_path, model, resume=cfg.get("train", True))
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers: list[Logger] = list(_instantiate_all(cfg.get("logger")).values())
     trainer: L.Trainer = instantiate(

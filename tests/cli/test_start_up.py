@@ -80,7 +80,7 @@ def test_every_problem_is_reported_at_once(tiny_cfg, tmp_path: Path) -> None:
         assert setting in message
     assert f"data.data_dir={tmp_path / 'nowhere'} does not exist" in message
     assert f"model.weights={tmp_path / 'missing.pt'}" in message
-    assert "is not a checkpoint file" in message
+    assert f"ckpt_path={tmp_path / 'text.ckpt'} is a text file" in message
 
 
 def test_a_plain_state_dict_is_no_checkpoint_to_resume(tmp_path: Path) -> None:
@@ -97,7 +97,8 @@ def test_a_damaged_checkpoint_is_named(tmp_path: Path, damage: str) -> None:
     whole = path.read_bytes()
     damaged = {"truncated": whole[: len(whole) // 2], "empty": b"", "text": b"epoch=3\n"}
     path.write_bytes(damaged[damage])
-    with pytest.raises(ConfigError, match=f"ckpt_path={path} is not a checkpoint file"):
+    named = f"ckpt_path={path} (is truncated or damaged|is empty|is a text file)"
+    with pytest.raises(ConfigError, match=named):
         check_resume_checkpoint(str(path))
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import crackdet.deploy.export
 from crackdet.data.images import load_rgb
 from crackdet.data.synthetic import synthetic_image
 from crackdet.data.transforms import eval_transform
@@ -115,6 +116,21 @@ def test_export_never_overwrites(best_ckpt: Path, tmp_path: Path):
     with pytest.raises(ConfigError, match="other.json already exists"):
         _export(best_ckpt, tmp_path / "run", f"output={tmp_path / 'other.pt2'}", "format=pt2")
     assert not (tmp_path / "other.pt2").exists()
+
+
+def test_unwritable_output_is_refused_before_any_work(best_ckpt: Path, tmp_path: Path, monkeypatch):
+    in_the_way = tmp_path / "deploy"
+    in_the_way.write_text("a file where the output folder should be")
+
+    def work_started(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded before the output was checked")
+
+    monkeypatch.setattr(crackdet.deploy.export, "load_checkpoint", work_started)
+    with pytest.raises(ConfigError) as refused:
+        _export(best_ckpt, tmp_path / "run", f"output={in_the_way / 'model.onnx'}")
+    message = str(refused.value)
+    assert f"output={in_the_way}" in message and "not writable" in message
+    assert "Fix: give output=<path>" in message
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,45 @@ def metric_sections(run_dir: Path) -> dict:
     return {k: metrics[k] for k in ("fit", "validate", "test", "operating_point")}
 
 
+#: A checkpoint every 3 training steps as well: step 6 is in the middle of the second epoch.
+STEP_CHECKPOINT = [
+    "+callbacks.step_checkpoint._target_=lightning.pytorch.callbacks.ModelCheckpoint",
+    "+callbacks.step_checkpoint.dirpath=${paths.output_dir}/checkpoints",
+    "+callbacks.step_checkpoint.filename=step",
+    "+callbacks.step_checkpoint.every_n_train_steps=3",
+    "+callbacks.step_checkpoint.enable_version_counter=false",
+]
+
+
+def logged_metrics(run_dir: Path) -> dict[tuple[int, str], set[float]]:
+    """Every value in metrics.csv by (step, metric); a step logged twice keeps both values."""
+    logged: dict[tuple[int, str], set[float]] = {}
+    with open(run_dir / "csv" / "metrics.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            for key, value in row.items():
+                if key != "step" and value != "":
+                    logged.setdefault((int(row["step"]), key), set()).add(float(value))
+    return logged
+
+
+def assert_same_log(resumed_dir: Path, reference_dir: Path) -> None:
+    """The resumed run logged exactly the uninterrupted run's metrics, value for value."""
+    resumed, reference = logged_metrics(resumed_dir), logged_metrics(reference_dir)
+    assert sorted(resumed) == sorted(reference)
+    differing = {
+        key: (sorted(resumed[key]), value)
+        for key, (value,) in ((k, tuple(v)) for k, v in reference.items())
+        if any(v != pytest.approx(value, rel=1e-6, abs=1e-7) for v in resumed[key])
+    }
+    assert differing == {}
+
+
+def resume(run_dir: Path, ckpt: Path, common: list[str]) -> None:
+    """`python train.py` resuming `run_dir` from `ckpt`, to the end."""
+    status, output = finish(start_train(*common, f"hydra.run.dir={run_dir}", f"ckpt_path={ckpt}"))
+    assert status == 0, output
+
+
 @pytest.mark.slow
 def test_sigterm_saves_checkpoint_and_resume_ends_like_an_uninterrupted_run(
     tmp_path: Path, synthetic_cache: Path
@@ -103,6 +143,73 @@ def test_sigterm_saves_checkpoint_and_resume_ends_like_an_uninterrupted_run(
     resumed, uninterrupted = metric_sections(run_dir), metric_sections(tmp_path / "reference")
     for section, values in uninterrupted.items():
         assert resumed[section] == pytest.approx(values, rel=1e-6, abs=1e-6), section
+    assert_same_log(run_dir, tmp_path / "reference")
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_from_last_or_mid_epoch_checkpoint_logs_the_same_metrics(
+    tmp_path: Path, synthetic_cache: Path
+) -> None:
+    common = [*TWO_EPOCHS, *STEP_CHECKPOINT, f"paths.cache_dir={synthetic_cache}"]
+    killed = tmp_path / "killed"
+    # SIGKILL (no chance to save) at the start of step 7, the last of the second epoch:
+    # last.ckpt holds the end of the first epoch, step.ckpt the middle of the second.
+    process = start_train(
+        *common,
+        f"hydra.run.dir={killed}",
+        SIGNAL_AT,
+        "+callbacks.interrupt_at.step=7",
+        "+callbacks.interrupt_at.signal_name=SIGKILL",
+    )
+    train(compose_cfg(tmp_path / "reference", common))
+    status, output = finish(process)
+    assert status == -signal.SIGKILL, output
+
+    mid_epoch = tmp_path / "mid_epoch"
+    shutil.copytree(killed, mid_epoch)
+    resume(killed, killed / "checkpoints" / "last.ckpt", common)
+    assert_same_log(killed, tmp_path / "reference")
+    resume(mid_epoch, mid_epoch / "checkpoints" / "step.ckpt", common)
+    assert_same_log(mid_epoch, tmp_path / "reference")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signal_name", "again", "when", "step"),
+    [
+        # Both signals during step 5: it stops before finishing it.
+        ("SIGTERM", "at_once", "before the checkpoint was saved", 5),
+        # The second one while saving after step 5.
+        ("SIGINT", "while_saving", "while interrupted.ckpt was saved", 6),
+    ],
+)
+def test_a_second_signal_says_what_was_saved_and_what_was_not(
+    tmp_path: Path, synthetic_cache: Path, signal_name: str, again: str, when: str, step: int
+) -> None:
+    run_dir = tmp_path / "run"
+    status, output = finish(
+        start_train(
+            *TWO_EPOCHS,
+            f"paths.cache_dir={synthetic_cache}",
+            f"hydra.run.dir={run_dir}",
+            SIGNAL_AT,
+            "+callbacks.interrupt_at.step=5",
+            f"+callbacks.interrupt_at.signal_name={signal_name}",
+            f"+callbacks.interrupt_at.again={again}",
+        )
+    )
+    assert status == 128 + signal.Signals[signal_name], output
+    assert "Traceback" not in output
+    assert (
+        f"Received {signal_name} again {when}: stopped at once at epoch 1, step {step}; "
+        "interrupted.ckpt was NOT saved (no partial file is left)."
+    ) in output
+    assert "last.ckpt (epoch 0, step 4)" in output
+    ckpt_dir = run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.ckpt", "last.ckpt"]
+    lines = output.splitlines()
+    command = shlex.split(lines[lines.index("Resume from the newest with:") + 1])
+    assert f"ckpt_path={ckpt_dir / 'last.ckpt'}" in command
 
 
 def test_ctrl_c_in_the_last_step_stops_after_validation_and_resumes_to_the_end(

@@ -1,0 +1,108 @@
+"""Every entry point refuses a damaged or foreign checkpoint by name, with the fix."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from crackdet.deploy.inference import load_checkpoint
+from crackdet.errors import CheckpointError
+from crackdet.models.checkpoint import check_resumable, load_classifier
+from crackdet.models.lightning_model import CrackClassifier
+from tests.conftest import TINY, run_entry
+
+#: What each kind of bad file is called in the error message.
+BAD_KINDS = {
+    "truncated": "is truncated or damaged",
+    "text": "is a text file",
+    "empty": "is empty (0 bytes)",
+    "state_dict": "holds only weights (a plain state dict",
+    "other_model": "was written for another model",
+    "other_head": "was written for another model",
+}
+
+
+def make_bad_checkpoint(kind: str, good: Path, folder: Path) -> Path:
+    """A file of `kind` made from the training checkpoint `good`."""
+    path = folder / f"{kind}.ckpt"
+    data = good.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "text":
+        path.write_text("epoch 3: val/acc 0.98\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        checkpoint = torch.load(good, map_location="cpu", weights_only=True)
+        if kind == "state_dict":
+            checkpoint = checkpoint["state_dict"]
+        elif kind == "other_model":  # a Lightning checkpoint of another project's network
+            other = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8, 5))
+            checkpoint["state_dict"] = {f"model.{k}": v for k, v in other.state_dict().items()}
+            checkpoint["hyper_parameters"] = {"hidden": 8}
+        else:  # crackdet's network with a 3-class head under a 2-class model's settings
+            weights = checkpoint["state_dict"]
+            for key in [k for k in weights if k.startswith("net.head.")]:
+                weights[key] = torch.zeros(3, *weights[key].shape[1:])
+        torch.save(checkpoint, path)
+    return path
+
+
+@pytest.fixture
+def good_ckpt(trained_run: Path) -> Path:
+    return trained_run / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_loader_names_the_file_and_what_is_wrong(kind: str, good_ckpt: Path, tmp_path: Path):
+    bad = make_bad_checkpoint(kind, good_ckpt, tmp_path)
+    for load in (load_classifier, load_checkpoint):  # eval; predict and export
+        with pytest.raises(CheckpointError) as refused:
+            load(bad)
+        message = str(refused.value)
+        assert f"ckpt_path={bad}" in message and BAD_KINDS[kind] in message
+        assert "Fix:" in message
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_training_refuses_to_resume_from_it_before_starting(
+    kind: str, good_ckpt: Path, tmp_path: Path
+):
+    bad = make_bad_checkpoint(kind, good_ckpt, tmp_path)
+    with pytest.raises(CheckpointError, match=re.escape(BAD_KINDS[kind])):
+        check_resumable(bad, CrackClassifier(weights=None), resume=True)
+
+
+def test_a_weights_only_checkpoint_can_be_tested_but_not_resumed(good_ckpt: Path, tmp_path: Path):
+    checkpoint = torch.load(good_ckpt, map_location="cpu", weights_only=True)
+    weights_only = tmp_path / "weights_only.ckpt"
+    torch.save(
+        {k: v for k, v in checkpoint.items() if k not in ("loops", "optimizer_states")},
+        weights_only,
+    )
+    model = CrackClassifier(weights=None)
+    check_resumable(weights_only, model, resume=False)
+    with pytest.raises(CheckpointError, match="training cannot continue from it"):
+        check_resumable(weights_only, model, resume=True)
+    assert isinstance(load_classifier(weights_only), CrackClassifier)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["train.py", "eval.py"])
+@pytest.mark.parametrize("kind", ["truncated", "text", "empty", "state_dict", "other_model"])
+def test_entry_points_exit_2_without_a_traceback(
+    script: str, kind: str, good_ckpt: Path, tmp_path: Path, synthetic_cache: Path
+):
+    bad = make_bad_checkpoint(kind, good_ckpt, tmp_path)
+    args = [f"ckpt_path={bad}", f"hydra.run.dir={tmp_path / 'run'}"]
+    if script == "train.py":
+        args += [*TINY, f"paths.cache_dir={synthetic_cache}"]
+    result = run_entry(script, *args)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert f"ckpt_path={bad}" in output and BAD_KINDS[kind] in output
+    assert "Traceback" not in output
