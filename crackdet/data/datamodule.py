@@ -32,7 +32,12 @@ from crackdet.data.scan import (
 )
 from crackdet.data.splits import Splits, reference_split, stratified_split
 from crackdet.data.synthetic import make_synthetic_dataset
-from crackdet.data.transforms import eval_transform, is_deterministic, train_transform
+from crackdet.data.transforms import (
+    eval_transform,
+    interpolation_mode,
+    is_deterministic,
+    train_transform,
+)
 from crackdet.distributed import eval_sampler
 from crackdet.errors import ConfigError, DataError
 from crackdet.io import atomic_write_text
@@ -61,6 +66,7 @@ class CrackDataModule(L.LightningDataModule):
         on_bad_image: str = "error",
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        interpolation: str | None = None,
         cache_dir: str | None = None,
         output_dir: str | None = None,
         synthetic: Mapping[str, int] | None = None,
@@ -86,6 +92,8 @@ class CrackDataModule(L.LightningDataModule):
         self.on_bad_image = on_bad_image
         self.mean = list(default.mean if mean is None else mean)
         self.std = list(default.std if std is None else std)
+        self.interpolation = str(default.interpolation if interpolation is None else interpolation)
+        interpolation_mode(self.interpolation)
         self.cache_dir = cache_dir
         self.output_dir = output_dir
         self.synthetic = dict(synthetic) if synthetic else None
@@ -107,6 +115,7 @@ class CrackDataModule(L.LightningDataModule):
                 "augmentation": self.augmentation,
                 "mean": self.mean,
                 "std": self.std,
+                "interpolation": self.interpolation,
             }
         )
         self.splits: Splits | None = None
@@ -194,9 +203,11 @@ class CrackDataModule(L.LightningDataModule):
             self.manifest = SplitManifest.from_splits(self.splits, self.data_dir)
         for name in ("train", "val", "test"):
             if name == "train" and not self.deterministic_train_transform:
-                transform = train_transform(self.augmentation, self.image_size, self.mean, self.std)
+                transform = train_transform(
+                    self.augmentation, self.image_size, self.mean, self.std, self.interpolation
+                )
             else:
-                transform = eval_transform(self.image_size, self.mean, self.std)
+                transform = eval_transform(self.image_size, self.mean, self.std, self.interpolation)
             self.datasets[name] = ImageRecordDataset(self.splits[name], transform)
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())
         rank_zero_info(f"Data: {len(records)} images in {self.data_dir} ({sizes}).")

@@ -6,7 +6,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
+
+from crackdet.errors import ConfigError
+
+#: Values of `data.interpolation`: the resize filters torchvision offers for tensors.
+INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic")
 
 
 class RandomRot90:
@@ -17,11 +22,25 @@ class RandomRot90:
         return torch.rot90(image, k, dims=(-2, -1))
 
 
-def _to_tensor(image_size: int) -> list:
+def interpolation_mode(interpolation: str) -> InterpolationMode:
+    """`data.interpolation` as torchvision's enum; a ConfigError for an unknown filter."""
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(
+            f"data.interpolation={interpolation} must be one of {list(INTERPOLATIONS)} "
+            "(null: the backbone weights' own)."
+        )
+    return InterpolationMode(interpolation)
+
+
+def _to_tensor(image_size: int, interpolation: str) -> list:
     # Square resize, not crop: the whole photo is evidence, and the data set's images are square.
     return [
         v2.PILToTensor(),
-        v2.Resize((image_size, image_size), antialias=True),
+        v2.Resize(
+            (image_size, image_size),
+            interpolation=interpolation_mode(interpolation),
+            antialias=True,
+        ),
         v2.ToDtype(torch.float32, scale=True),
     ]
 
@@ -30,9 +49,10 @@ def eval_transform(
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
+    interpolation: str = "bilinear",
 ) -> v2.Compose:
     """Deterministic preprocessing: RGB PIL image -> resized, normalised float tensor."""
-    return v2.Compose([*_to_tensor(image_size), v2.Normalize(list(mean), list(std))])
+    return v2.Compose([*_to_tensor(image_size, interpolation), v2.Normalize(list(mean), list(std))])
 
 
 def train_transform(
@@ -40,15 +60,19 @@ def train_transform(
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
+    interpolation: str = "bilinear",
 ) -> v2.Compose:
     """Preprocessing plus the augmentations an `augmentation` preset switches on."""
     aug = dict(augmentation)
+    mode = interpolation_mode(interpolation)
     steps: list = [v2.PILToTensor()]
     scale = aug.get("random_resized_crop_scale")
     if scale:
-        steps.append(v2.RandomResizedCrop(image_size, scale=tuple(scale), antialias=True))
+        steps.append(
+            v2.RandomResizedCrop(image_size, scale=tuple(scale), interpolation=mode, antialias=True)
+        )
     else:
-        steps.append(v2.Resize((image_size, image_size), antialias=True))
+        steps.append(v2.Resize((image_size, image_size), interpolation=mode, antialias=True))
     if aug.get("hflip"):
         steps.append(v2.RandomHorizontalFlip(float(aug["hflip"])))
     if aug.get("vflip"):

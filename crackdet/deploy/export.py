@@ -316,7 +316,7 @@ def _sidecar(
             "value_range": [0.0, 1.0],
             "preprocessing": (
                 f"Resize the whole image (or each tile of a large photo) to {size}x{size} "
-                "(bilinear, antialiased, no crop), divide 8-bit values by 255. The mean/std "
+                f"({loaded.interpolation}, antialiased, no crop), divide 8-bit values by 255. The mean/std "
                 "normalisation below is applied inside the model: do not apply it again."
             ),
             "normalization_inside_model": {"mean": loaded.mean, "std": loaded.std},

@@ -41,12 +41,14 @@ class LoadedCheckpoint:
     stored_threshold: float | None
     #: The folder the model was trained on (may no longer exist where the checkpoint is used).
     data_dir: str | None = None
+    #: The resize filter of training (checkpoints that predate the setting used bilinear).
+    interpolation: str = "bilinear"
 
     def transform(self, normalize: bool = True) -> v2.Compose:
         """The data set's eval preprocessing; `normalize=False` stops at RGB floats in [0, 1]."""
         if normalize:
-            return eval_transform(self.image_size, self.mean, self.std)
-        return eval_transform(self.image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+            return eval_transform(self.image_size, self.mean, self.std, self.interpolation)
+        return eval_transform(self.image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), self.interpolation)
 
 
 def recorded_data_settings(ckpt_path: str | Path) -> dict[str, Any]:
@@ -74,6 +76,7 @@ def load_checkpoint(ckpt_path: str | Path | None) -> LoadedCheckpoint:
         std=[float(v) for v in data["std"]],
         stored_threshold=threshold,
         data_dir=data.get("data_dir"),
+        interpolation=str(data.get("interpolation", "bilinear")),
     )
 
 

@@ -61,6 +61,7 @@ _RECORDED = (
     "split_seed",
     "mean",
     "std",
+    "interpolation",
 )
 
 Predictions = dict[str, Any]  # the read_predictions layout: path, label, prob_crack (+ loss)

@@ -126,15 +126,17 @@ def resolve_weights(
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """What the backbone expects of an image: its square input size and normalisation."""
+    """What the backbone expects of an image: square input size, resize filter, normalisation."""
 
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    #: torchvision's InterpolationMode value the weights were evaluated with ("bilinear", ...).
+    interpolation: str = "bilinear"
 
 
 def preprocessing(backbone: str = DEFAULT_BACKBONE, weights: str | None = None) -> Preprocessing:
-    """The input size and mean/std of the chosen weights' transforms (metadata, nothing is read).
+    """The input size, resize filter and mean/std of the chosen weights' transforms (metadata, nothing is read).
 
     A weights file or null uses the architecture's default weights' values: the resolution and
     normalisation the architecture is trained at. The input size is the weights' crop size; the
@@ -147,6 +149,7 @@ def preprocessing(backbone: str = DEFAULT_BACKBONE, weights: str | None = None) 
         image_size=int(transforms.crop_size[0]),
         mean=tuple(float(v) for v in transforms.mean),
         std=tuple(float(v) for v in transforms.std),
+        interpolation=transforms.interpolation.value,
     )
 
 

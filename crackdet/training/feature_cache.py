@@ -151,6 +151,7 @@ def settings_key(
         "image_size": datamodule.image_size,
         "mean": list(datamodule.mean),
         "std": list(datamodule.std),
+        "interpolation": datamodule.interpolation,
         **numerics_fields(runtime, precision, backbone_precision),
         # Decoding, resizing and kernels may change between releases: new versions, new features.
         "versions": [torch.__version__, torchvision.__version__, PIL.__version__],
@@ -280,7 +281,9 @@ def extract_batches(
     device: torch.device | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(positions in `records`, features) batch by batch; DataLoader workers decode meanwhile."""
-    transform = eval_transform(datamodule.image_size, datamodule.mean, datamodule.std)
+    transform = eval_transform(
+        datamodule.image_size, datamodule.mean, datamodule.std, datamodule.interpolation
+    )
     workers = datamodule.num_workers
     if device is None or device.type == "cpu":
         # On a CPU the backbone costs ~20x more per image than decoding it (about 21 ms against

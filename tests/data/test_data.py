@@ -303,3 +303,31 @@ def test_synthetic_set_regenerated_smaller_leaves_no_extra_images(tmp_path: Path
             "00001.jpg",
             "00002.jpg",
         ]
+
+
+def test_the_resize_filter_comes_from_the_backbone_weights_and_reaches_the_transforms() -> None:
+    """EfficientNet's weights were evaluated bicubic, ResNet18's bilinear; the transforms follow."""
+    from PIL import Image
+
+    from crackdet.data.transforms import eval_transform
+    from crackdet.models.backbone import preprocessing
+
+    assert preprocessing("resnet18").interpolation == "bilinear"
+    assert preprocessing("efficientnet_b0").interpolation == "bicubic"
+    image = Image.fromarray((torch.rand(97, 97, 3) * 255).to(torch.uint8).numpy())
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    bilinear = eval_transform(40, mean, std, "bilinear")(image)
+    bicubic = eval_transform(40, mean, std, "bicubic")(image)
+    assert bilinear.shape == bicubic.shape == (3, 40, 40)
+    assert not torch.allclose(bilinear, bicubic)
+    with pytest.raises(ConfigError, match="data.interpolation=lanczos"):
+        eval_transform(40, mean, std, "lanczos")
+
+
+def test_the_datamodule_records_its_resize_filter(tiny_cfg) -> None:
+    cfg = tiny_cfg("model.backbone=efficientnet_b0", "model.weights=null")
+    assert cfg.data.interpolation == "bicubic"
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(cfg.data)
+    assert datamodule.hparams["interpolation"] == "bicubic"
