@@ -118,7 +118,12 @@ def test_ddp_cpu_inside_a_multirun_counts_every_sample_once_and_writes_once(tmp_
     assert len({row["path"] for row in predictions}) == len(predictions) == n_test
     # One set of outputs: the child process reused the job's directory and wrote nothing itself.
     assert not (tmp_path / "logs").exists()  # no run directory of a child process
-    assert sorted(p.name for p in sweep.iterdir()) == ["0", "multirun.yaml", "summary.csv"]
+    assert sorted(p.name for p in sweep.iterdir()) == [
+        "0",
+        "accuracy_vs_speed.png",
+        "multirun.yaml",
+        "summary.csv",
+    ]
     for name in (
         "metrics.json",
         "predictions_val.csv",
