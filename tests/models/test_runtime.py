@@ -118,7 +118,9 @@ def test_training_refuses_bf16_without_native_support_before_any_work(tiny_cfg, 
 
 
 def test_feature_cache_is_shared_by_fp32_runtimes_and_separate_for_bf16():
-    datamodule = SimpleNamespace(image_size=48, mean=[0.5] * 3, std=[0.2] * 3)
+    datamodule = SimpleNamespace(
+        image_size=48, mean=[0.5] * 3, std=[0.2] * 3, interpolation="bilinear"
+    )
     fp32 = settings_key("weights", datamodule, "eager", "32-true")
     # The runtime is not part of a float32 key; fp32 is the key every earlier cache folder has.
     assert settings_key("weights", datamodule, "openvino", "32-true", "fp32") == fp32
