@@ -346,7 +346,11 @@ def _exported(
     model = onnx_file(module, example, folder)
     if choice.runtime == "onnxruntime":
         return _onnxruntime(model, device)
-    return _openvino(model, device, choice.precision, folder / "openvino")
+    from crackdet.distributed import process_rank
+
+    # One compile cache per process: OpenVINO writes its blob in place, and DDP ranks compiling at
+    # once would read each other's half-written files.
+    return _openvino(model, device, choice.precision, folder / "openvino" / f"rank{process_rank()}")
 
 
 def build_feature_extractor(
