@@ -35,6 +35,8 @@ TWO_EPOCHS = [
     "~callbacks.evaluation_figures",
     "~callbacks.lr_monitor",
     "logger=csv",
+    # last.ckpt after every epoch, however short: these runs are killed and resumed from it.
+    "callbacks.last_checkpoint.every_seconds=0",
 ]
 SIGNAL_AT = "+callbacks.interrupt_at._target_=tests.training.interrupting.SignalAtStep"
 
@@ -290,7 +292,11 @@ class _HalfWriter:
 def test_full_disk_keeps_last_checkpoint_loadable_and_says_so(
     tiny_cfg, tmp_path: Path, monkeypatch
 ) -> None:
-    cfg = tiny_cfg("trainer.max_epochs=2", "trainer.limit_train_batches=1")
+    cfg = tiny_cfg(
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=1",
+        "callbacks.last_checkpoint.every_seconds=0",  # written after epoch 0, then again
+    )
     assert isinstance(instantiate(cfg.trainer).strategy.checkpoint_io, AtomicCheckpointIO)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     real_write = crackdet.training.checkpoint_io.atomic_write_bytes

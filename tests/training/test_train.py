@@ -133,7 +133,7 @@ def test_a_run_directory_is_never_reused(smoke_run, tiny_cfg) -> None:
 def test_the_best_checkpoint_is_the_model_checkpoint_callbacks(smoke_run, tiny_cfg, tmp_path):
     run_dir, results = smoke_run
     assert results["best_checkpoint"] == str(run_dir / "checkpoints" / "best.ckpt")
-    # Without it, last.ckpt (another ModelCheckpoint) must not be taken for the best weights.
+    # Without it, last.ckpt (another checkpoint callback) must not be taken for the best weights.
     alone = train(tiny_cfg("~callbacks.model_checkpoint", run_dir=tmp_path / "no_best"))
     assert (tmp_path / "no_best" / "checkpoints" / "last.ckpt").is_file()
     assert alone["best_checkpoint"] is None and "operating_point" not in alone

@@ -1,0 +1,64 @@
+"""last.ckpt: written once its interval has passed and always at the fit's end, never lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from crackdet.errors import ConfigError
+from crackdet.training.callbacks import LastCheckpoint
+from crackdet.training.train import train
+
+
+@pytest.fixture
+def saves(monkeypatch) -> list[tuple[str, int]]:
+    """(file name, epoch) of every checkpoint the trainer writes during the test."""
+    written: list[tuple[str, int]] = []
+    original = L.Trainer.save_checkpoint
+
+    def recording(trainer: L.Trainer, filepath, *args, **kwargs):
+        written.append((Path(filepath).name, trainer.current_epoch))
+        return original(trainer, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "save_checkpoint", recording)
+    return written
+
+
+def last_saves(saves: list[tuple[str, int]]) -> list[int]:
+    return [epoch for name, epoch in saves if name == "last.ckpt"]
+
+
+def test_short_epochs_write_last_checkpoint_once_at_the_end(tiny_cfg, saves, tmp_path) -> None:
+    train(tiny_cfg("trainer.max_epochs=3", "callbacks.last_checkpoint.every_seconds=3600"))
+    assert last_saves(saves) == [2]
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == 12  # the whole fit, resumable
+
+
+def test_every_seconds_zero_writes_every_epoch(tiny_cfg, saves) -> None:
+    train(tiny_cfg("trainer.max_epochs=3", "callbacks.last_checkpoint.every_seconds=0"))
+    assert last_saves(saves) == [0, 1, 2]
+
+
+def test_early_stopping_writes_the_epoch_it_stops_at(tiny_cfg, saves, tmp_path) -> None:
+    train(
+        tiny_cfg(
+            "trainer.max_epochs=6",
+            "callbacks.last_checkpoint.every_seconds=3600",
+            "+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping",
+            "+callbacks.stop.monitor=val/loss",
+            "+callbacks.stop.patience=0",
+            "+callbacks.stop.min_delta=100",  # no epoch improves by 100: stop after the second
+        )
+    )
+    assert last_saves(saves) == [1]
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 1
+
+
+def test_a_negative_interval_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="callbacks.last_checkpoint.every_seconds=-1"):
+        LastCheckpoint("checkpoints", every_seconds=-1)
