@@ -20,13 +20,25 @@ def backbone_preprocessing(field: str, backbone: str, weights: str | None) -> An
     return list(value) if isinstance(value, tuple) else value
 
 
+def in_multirun(then: Any, otherwise: Any) -> Any:
+    """`then` in a job of a multirun (`-m`), else `otherwise`: a default that sweeps change."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return otherwise
+    return then if HydraConfig.get().mode == RunMode.MULTIRUN else otherwise
+
+
 def register_resolvers() -> None:
-    """Make `${project_root:}` and `${backbone_preprocessing:...}` available to the configs.
+    """Make `${project_root:}`, `${backbone_preprocessing:...}` and `${in_multirun:a,b}` available.
 
     Safe to call more than once.
     """
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("in_multirun"):
+        OmegaConf.register_new_resolver("in_multirun", in_multirun)
     if not OmegaConf.has_resolver("backbone_preprocessing"):
         OmegaConf.register_new_resolver("backbone_preprocessing", backbone_preprocessing)
 

@@ -83,6 +83,19 @@ def test_figures_only_for_checkpoints_and_test_when_asked(tiny_cfg, tmp_path: Pa
     assert len(events.images("test/confusion_matrix")) == 1
 
 
+def test_a_multirun_job_draws_its_figures_at_the_end_and_a_single_run_every_epoch(
+    tiny_cfg, tmp_path: Path
+):
+    steps = {}
+    for mode in ("RUN", "MULTIRUN"):
+        run_dir = tmp_path / mode
+        train(tiny_cfg("trainer.max_epochs=3", f"hydra.mode={mode}", run_dir=run_dir))
+        steps[mode] = [e.step for e in _Events(run_dir).images("val/confusion_matrix")]
+    # 4 steps per epoch; the last image is the validation of the best checkpoint.
+    assert steps["RUN"][:3] == [4, 8, 12] and len(steps["RUN"]) == 4
+    assert steps["MULTIRUN"][0] == 12 and len(steps["MULTIRUN"]) == 2  # epoch 2 (last), best
+
+
 def test_bad_schedule_is_refused_by_name():
     with pytest.raises(ConfigError, match="callbacks.evaluation_figures.every_n_epochs=-1"):
         EvaluationFigures(every_n_epochs=-1)
