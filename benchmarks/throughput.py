@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -280,6 +281,18 @@ def _train_overrides(data_dir: Path, args: argparse.Namespace, cache: Path) -> l
     ]
 
 
+#: The feature cache's log line of a run that extracted features.
+EXTRACTED = re.compile(r"Extracted (\d+) features in ([\d.]+) s")
+
+
+def extraction_seconds(run: Path) -> tuple[int, float]:
+    """(images, seconds) of the feature extraction a training run logged in its train.log."""
+    found = EXTRACTED.search((run / "train.log").read_text())
+    if found is None:
+        raise SystemExit(f"{run / 'train.log'} has no 'Extracted N features in S s' line.")
+    return int(found.group(1)), float(found.group(2))
+
+
 def _val_probabilities(run: Path) -> dict[str, float]:
     with open(run / "predictions_val.csv", newline="") as handle:
         return {row["path"]: float(row["prob_crack"]) for row in csv.DictReader(handle)}
@@ -304,12 +317,19 @@ def cold_training(data_dir: Path, args: argparse.Namespace, work: Path) -> dict[
             f"hydra.run.dir={run}",
         )
         metrics = json.loads((run / "metrics.json").read_text())
+        extracted, extraction_s = extraction_seconds(run)
         runs[precision] = {
             "run": str(run),
             "images": n,
             "seconds": seconds,
             "images_per_s": n / seconds,
             "val_acc": metrics["fit"]["val/acc"],
+            # The same run's own split: its extraction, and everything else (start-up with the
+            # imports of torch and Lightning, the scan, training, checkpoints, figures, exit).
+            "extraction_images": extracted,
+            "extraction_s": extraction_s,
+            "extraction_images_per_s": extracted / extraction_s,
+            "other_s": seconds - extraction_s,
         }
     if "seconds" in runs.get("bf16", {}):
         fp32, bf16 = (_val_probabilities(Path(runs[p]["run"])) for p in PRECISIONS)
@@ -482,7 +502,8 @@ def show(report: dict[str, Any], console: Console) -> None:
             pipeline.add_row(
                 f"cold train.py, {precision}, {r['images']} images",
                 f"{r['seconds']:.1f} s = {r['images_per_s']:.1f} images/s, "
-                f"val/acc {100 * r['val_acc']:.2f}%",
+                f"val/acc {100 * r['val_acc']:.2f}%; of it extraction {r['extraction_s']:.1f} s "
+                f"({r['extraction_images_per_s']:.1f} images/s), the rest {r['other_s']:.1f} s",
             )
     if "bf16_vs_fp32" in cold:
         delta = cold["bf16_vs_fp32"]

@@ -324,7 +324,9 @@ def test_throughput_benchmark_runs_end_to_end(image_folder, tmp_path: Path):
     report = json.loads(output.read_text())
     assert report["in_memory"]["eager fp32"]["max_feature_difference_relative"] == 0
     assert report["extraction"]["fp32"]["images"] == 16
-    assert report["cold_train"]["fp32"]["images"] == 16
+    cold = report["cold_train"]["fp32"]
+    assert cold["images"] == 16 and cold["extraction_images"] == 16
+    assert cold["extraction_s"] + cold["other_s"] == pytest.approx(cold["seconds"])
     assert report["predict"]["images"] == 8
     assert report["sweep"]["jobs"] == 2 and report["sweep"]["ratio"] > 0
     assert report["targets"]["sweep_vs_single"]["value"] == report["sweep"]["ratio"]
