@@ -106,8 +106,8 @@ LEGACY_PRECISIONS = (16, 32, 64, "16", "32", "64", "bf16")
 _BATCH_LIMIT = integer(0) | number(0.0, 1.0) | NULL
 
 #: What every numeric or enum setting of train.py must be. A key absent from the config is not
-#: checked. (eval.py and predict.py give some of these keys other meanings, e.g. null = "as the
-#: checkpoint recorded", and check them where they are used.)
+#: checked. (eval.py gives some of these keys other meanings, e.g. null = "as the checkpoint
+#: recorded": EVAL_SETTING_RULES; predict.py checks its settings where they are read.)
 SETTING_RULES: dict[str, Rule] = {
     "seed": integer() | NULL,
     "data.image_size": integer(32),
@@ -154,13 +154,34 @@ SETTING_RULES: dict[str, Rule] = {
     "callbacks.operating_point.target_recall": number(0, 1, low_open=True),
 }
 
+#: The same for eval.py, where a null data setting means "as the checkpoint recorded".
+EVAL_SETTING_RULES: dict[str, Rule] = {
+    "data.split": one_of("test", "val", "all", None),
+    "data.image_size": integer(32) | NULL,
+    "data.batch_size": integer(1) | NULL,
+    "data.num_workers": integer(0),
+    "data.train_fraction": number(0, 1, low_open=True, high_open=True) | NULL,
+    "data.split_seed": integer() | NULL,
+    "data.on_bad_image": one_of("error", "skip"),
+    "eval.target_recall": number(0, 1, low_open=True),
+    "eval.threshold": number(0, 1) | NULL,
+    "eval.temperature_scaling": BOOLEAN,
+    "eval.calibration_bins": integer(1),
+    "eval.on_mismatch": one_of("error", "skip"),
+    "eval.backbone_runtime": one_of(*RUNTIMES, None),
+    "eval.backbone_precision": one_of("fp32", "bf16", None),
+    "trainer.precision": SETTING_RULES["trainer.precision"],
+    "trainer.accelerator": SETTING_RULES["trainer.accelerator"],
+    "trainer.devices": SETTING_RULES["trainer.devices"],
+}
+
 _ABSENT = object()
 
 
-def check_settings(cfg: DictConfig) -> list[str]:
-    """Every setting of `cfg` that breaks its rule in SETTING_RULES, as `key=value must be ...`."""
+def check_settings(cfg: DictConfig, rules: dict[str, Rule] = SETTING_RULES) -> list[str]:
+    """Every setting of `cfg` that breaks its rule in `rules`, as `key=value must be ...`."""
     problems = []
-    for key, rule in SETTING_RULES.items():
+    for key, rule in rules.items():
         try:
             value = OmegaConf.select(cfg, key, default=_ABSENT)
         except InterpolationResolutionError:
@@ -331,8 +352,23 @@ def validate_train_config(cfg: DictConfig) -> None:
     raise_problems(start_problems(cfg))
 
 
+def validate_eval_config(cfg: DictConfig) -> None:
+    """Check an evaluation config's settings before any work; raise naming every problem."""
+    raise_problems([ConfigError(p) for p in check_settings(cfg, EVAL_SETTING_RULES)])
+
+
+#: Each entry point's settings table (by task_name), checked for every job of a multirun.
+TASK_SETTING_RULES: dict[str, dict[str, Rule]] = {
+    "train": SETTING_RULES,
+    "eval": EVAL_SETTING_RULES,
+}
+
+
 #: The start-up checks of each entry point (by task_name) that the Hydra callback runs.
-START_CHECKS: dict[str, Callable[[DictConfig], None]] = {"train": validate_train_config}
+START_CHECKS: dict[str, Callable[[DictConfig], None]] = {
+    "train": validate_train_config,
+    "eval": validate_eval_config,
+}
 
 
 def _stop_on_error(check: Callable[[], Any]) -> None:
@@ -391,7 +427,7 @@ class OutputDirCheck(Callback):
         _stop_on_error(
             lambda: check_writable_dir(sweep_dir, "hydra.sweep.dir", _run_dir_fix(config))
         )
-        checked = str(config.get("task_name")) in START_CHECKS
-        problems = [ConfigError(p) for p in check_settings(config)] if checked else []
+        rules = TASK_SETTING_RULES.get(str(config.get("task_name")))
+        problems = [ConfigError(p) for p in check_settings(config, rules)] if rules else []
         reused = reused_sweep_problem(sweep_dir)
         _stop_on_error(lambda: raise_problems([*problems, *([reused] if reused else [])]))

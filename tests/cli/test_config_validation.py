@@ -16,10 +16,10 @@ import crackdet.cli.validation
 import crackdet.data.datamodule
 import crackdet.models.torch_model
 from crackdet.cli.run import run_main
-from crackdet.cli.validation import check_writable_dir, validate_train_config
+from crackdet.cli.validation import check_writable_dir, validate_eval_config, validate_train_config
 from crackdet.errors import ConfigError
 from crackdet.training.train import train
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, compose_cfg
 
 
 @pytest.fixture
@@ -155,3 +155,15 @@ def test_entry_point_rejects_mistakes_at_start_up(tmp_path: Path) -> None:
         for text in expected:
             assert text in output, f"{name}: {text!r} not in {output}"
         assert "Traceback" not in output, name
+
+
+def test_eval_settings_are_checked_at_start_up_all_at_once(tmp_path: Path) -> None:
+    ckpt = "ckpt_path=outputs/train/run/checkpoints/best.ckpt"
+    validate_eval_config(compose_cfg(tmp_path / "ok", [ckpt], config_name="eval"))
+    bad = ["data.batch_size=1.5", "eval.threshold=2", "eval.on_mismatch=maybe", "data.split=train"]
+    with pytest.raises(ConfigError) as refused:
+        validate_eval_config(compose_cfg(tmp_path / "bad", [ckpt, *bad], config_name="eval"))
+    message = str(refused.value)
+    assert "4 problems" in message
+    for setting in bad:
+        assert f"{setting} must be" in message, setting
