@@ -38,6 +38,7 @@ from crackdet.distributed import process_rank
 from crackdet.errors import ConfigError, CrackdetError, write_failure_reason
 from crackdet.evaluation.threshold import check_target_recall
 from crackdet.models.backbone import DEFAULT_BACKBONE, resolve_weights
+from crackdet.models.runtime import PRECISIONS as BACKBONE_PRECISIONS
 from crackdet.models.runtime import RUNTIMES
 from crackdet.models.torch_model import BN_MODES
 from crackdet.models.trainable import TRAINABLE
@@ -131,6 +132,7 @@ SETTING_RULES: dict[str, Rule] = {
     "model.backbone_lr": number(0, low_open=True) | NULL,
     "model.channels_last": BOOLEAN,
     "model.backbone_runtime": one_of(*RUNTIMES),
+    "model.backbone_precision": one_of(*BACKBONE_PRECISIONS),
     "trainer.precision": Rule(
         one_of(*PRECISIONS).must_be, one_of(*PRECISIONS, *LEGACY_PRECISIONS).accepts
     ),
@@ -169,7 +171,7 @@ EVAL_SETTING_RULES: dict[str, Rule] = {
     "eval.calibration_bins": integer(1),
     "eval.on_mismatch": one_of("error", "skip"),
     "eval.backbone_runtime": one_of(*RUNTIMES, None),
-    "eval.backbone_precision": one_of("fp32", "bf16", None),
+    "eval.backbone_precision": one_of(*BACKBONE_PRECISIONS, None),
     "trainer.precision": SETTING_RULES["trainer.precision"],
     "trainer.accelerator": SETTING_RULES["trainer.accelerator"],
     "trainer.devices": SETTING_RULES["trainer.devices"],
