@@ -59,6 +59,18 @@ def test_early_stopping_writes_the_epoch_it_stops_at(tiny_cfg, saves, tmp_path) 
     assert last["epoch"] == 1
 
 
+def test_without_an_epoch_limit_the_last_step_is_written_once(tiny_cfg, saves) -> None:
+    # 4 steps per epoch: max_steps=10 ends the fit in the third epoch, at step 10.
+    train(
+        tiny_cfg(
+            "trainer.max_epochs=-1",
+            "+trainer.max_steps=10",
+            "callbacks.last_checkpoint.every_seconds=3600",
+        )
+    )
+    assert last_saves(saves) == [2]
+
+
 def test_a_negative_interval_is_refused_by_name() -> None:
     with pytest.raises(ConfigError, match="callbacks.last_checkpoint.every_seconds=-1"):
         LastCheckpoint("checkpoints", every_seconds=-1)

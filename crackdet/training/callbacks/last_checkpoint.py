@@ -45,9 +45,8 @@ class LastCheckpoint(Checkpoint):
 
     def _due(self, trainer: L.Trainer) -> bool:
         """Whether this epoch's end is written: the interval has passed, or the fit ends now."""
-        last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= max(
-            trainer.max_epochs, 1
-        )
+        limit = trainer.max_epochs  # -1: no epoch limit (trainer.max_steps ends the fit)
+        last_epoch = limit is not None and limit > 0 and trainer.current_epoch + 1 >= limit
         last_step = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
         elapsed = time.monotonic() - self._written_at >= self.every_seconds
         # Saving is collective (all processes, then a barrier): every rank follows rank zero.
