@@ -28,9 +28,8 @@ class LastCheckpoint(Checkpoint):
     FILENAME = "last.ckpt"
 
     def __init__(self, dirpath: str | Path, every_seconds: float = 30.0):
-        if isinstance(every_seconds, bool) or not isinstance(every_seconds, (int, float)):
-            every_seconds = -1
-        if every_seconds < 0:
+        number = not isinstance(every_seconds, bool) and isinstance(every_seconds, (int, float))
+        if not number or every_seconds < 0:
             raise ConfigError(
                 f"callbacks.last_checkpoint.every_seconds={every_seconds} must be a number of "
                 "seconds >= 0 (0: write last.ckpt after every epoch)."
