@@ -158,23 +158,27 @@ SETTING_RULES: dict[str, Rule] = {
 
 #: The same for eval.py, where a null data setting means "as the checkpoint recorded".
 EVAL_SETTING_RULES: dict[str, Rule] = {
+    **{key: SETTING_RULES[key] | NULL for key in ("data.image_size", "data.batch_size")},
+    "data.train_fraction": SETTING_RULES["data.train_fraction"] | NULL,
+    **{
+        key: SETTING_RULES[key]
+        for key in (
+            "data.num_workers",
+            "data.split_seed",
+            "data.on_bad_image",
+            "trainer.precision",
+            "trainer.accelerator",
+            "trainer.devices",
+        )
+    },
     "data.split": one_of("test", "val", "all", None),
-    "data.image_size": integer(32) | NULL,
-    "data.batch_size": integer(1) | NULL,
-    "data.num_workers": integer(0),
-    "data.train_fraction": number(0, 1, low_open=True, high_open=True) | NULL,
-    "data.split_seed": integer() | NULL,
-    "data.on_bad_image": one_of("error", "skip"),
-    "eval.target_recall": number(0, 1, low_open=True),
+    "eval.target_recall": SETTING_RULES["callbacks.operating_point.target_recall"],
     "eval.threshold": number(0, 1) | NULL,
     "eval.temperature_scaling": BOOLEAN,
     "eval.calibration_bins": integer(1),
     "eval.on_mismatch": one_of("error", "skip"),
     "eval.backbone_runtime": one_of(*RUNTIMES, None),
     "eval.backbone_precision": one_of(*BACKBONE_PRECISIONS, None),
-    "trainer.precision": SETTING_RULES["trainer.precision"],
-    "trainer.accelerator": SETTING_RULES["trainer.accelerator"],
-    "trainer.devices": SETTING_RULES["trainer.devices"],
 }
 
 _ABSENT = object()
