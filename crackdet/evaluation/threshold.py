@@ -12,14 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchmetrics.functional.classification import (
-    binary_accuracy,
-    binary_f1_score,
-    binary_precision,
-    binary_recall,
-    binary_specificity,
-    binary_stat_scores,
-)
 
 from crackdet.errors import ConfigError, DataError
 
@@ -48,6 +40,16 @@ def threshold_metrics(
     probs: torch.Tensor, labels: torch.Tensor, threshold: float
 ) -> dict[str, float | int]:
     """Accuracy, precision, recall, specificity, F1 and confusion counts at `threshold`."""
+    # Imported here: torchmetrics takes seconds to import, and predict.py only reads thresholds.
+    from torchmetrics.functional.classification import (
+        binary_accuracy,
+        binary_f1_score,
+        binary_precision,
+        binary_recall,
+        binary_specificity,
+        binary_stat_scores,
+    )
+
     preds = decisions(probs, threshold)
     labels = labels.long()
     tp, fp, tn, fn, _ = (int(v) for v in binary_stat_scores(preds, labels).tolist())
