@@ -21,19 +21,18 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from lightning.pytorch.accelerators import AcceleratorRegistry
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import InterpolationResolutionError
 
 from crackdet.cli.run_dir import record_start
-from crackdet.data.datamodule import SPLIT_MODES
 from crackdet.data.scan import check_data_dir
-from crackdet.data.splits import check_fractions
+from crackdet.data.splits import SPLIT_MODES, check_fractions
 from crackdet.distributed import process_rank
 from crackdet.errors import ConfigError, CrackdetError, write_failure_reason
 from crackdet.evaluation.threshold import check_target_recall
@@ -62,6 +61,36 @@ class Rule:
         return Rule(
             f"{self.must_be}, or {other.must_be}", lambda v: self.accepts(v) or other.accepts(v)
         )
+
+
+class DeferredRule(Rule):
+    """A rule made when it is first used, by `make`, which may import what it needs.
+
+    Every entry point's Hydra callback imports this module; Lightning's accelerator names are
+    looked up only when a config is checked, so predict.py never imports Lightning (seconds).
+    """
+
+    def __init__(self, make: Callable[[], Rule]):
+        object.__setattr__(self, "_make", cache(make))
+
+    @property
+    def must_be(self) -> str:
+        """What the rule accepts, in words."""
+        return self._make().must_be
+
+    def accepts(self, value: Any) -> bool:
+        """Whether `value` passes the rule."""
+        return self._make().accepts(value)
+
+    def __or__(self, other: Rule) -> Rule:
+        return DeferredRule(lambda: self._make() | other)
+
+
+def _accelerator_rule() -> Rule:
+    """`trainer.accelerator`: auto, gpu, or an accelerator Lightning has registered."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    return one_of("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))
 
 
 def integer(minimum: int | None = None) -> Rule:
@@ -136,9 +165,7 @@ SETTING_RULES: dict[str, Rule] = {
     "trainer.precision": Rule(
         one_of(*PRECISIONS).must_be, one_of(*PRECISIONS, *LEGACY_PRECISIONS).accepts
     ),
-    "trainer.accelerator": one_of(
-        "auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())
-    ),
+    "trainer.accelerator": DeferredRule(_accelerator_rule),
     "trainer.devices": integer(1)
     | Rule("-1 (all)", lambda v: v == -1)
     | one_of("auto")

@@ -30,7 +30,7 @@ from crackdet.data.scan import (
     scan_folder,
     shown,
 )
-from crackdet.data.splits import Splits, reference_split, stratified_split
+from crackdet.data.splits import SPLIT_MODES, Splits, reference_split, stratified_split
 from crackdet.data.synthetic import make_synthetic_dataset
 from crackdet.data.transforms import (
     eval_transform,
@@ -44,8 +44,6 @@ from crackdet.io import atomic_write_text
 from crackdet.models.backbone import preprocessing
 
 log = logging.getLogger(__name__)
-
-SPLIT_MODES = ("seed", "stratified", "all")
 
 
 class CrackDataModule(L.LightningDataModule):

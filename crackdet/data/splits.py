@@ -10,6 +10,8 @@ from crackdet.data.scan import ImageRecord
 from crackdet.errors import ConfigError
 
 Splits = dict[str, list[ImageRecord]]
+#: The values of `data.split` (what each does: CrackDataModule).
+SPLIT_MODES = ("seed", "stratified", "all")
 
 
 def reference_split(records: Sequence[ImageRecord], train_fraction: float = 0.75) -> Splits:

@@ -40,6 +40,8 @@ def snapshot(folder: Path) -> dict[str, bytes | None]:
         ("model.bn_mode=eval", "model.bn_mode=eval must be one of: frozen, train"),
         ("trainer.deterministic=yes", "one of: True, False, warn, null"),
         ("data.num_workers=-1", "data.num_workers=-1 must be an integer, 0 or more"),
+        # Lightning's accelerators, looked up when the rule is first used.
+        ("trainer.accelerator=tpuu", "trainer.accelerator=tpuu must be one of: auto, gpu, cpu"),
     ],
 )
 def test_a_bad_value_is_named_with_what_it_must_be(
