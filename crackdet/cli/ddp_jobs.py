@@ -78,9 +78,14 @@ class DistributedJobs(Callback):
     def on_job_start(
         self, config: DictConfig, *, task_function: TaskFunction, **kwargs: Any
     ) -> None:
-        """Route Lightning's child-process command to this job; quiet the other ranks' logs."""
+        """Route Lightning's child-process command to this job; quiet the other ranks' logs.
+
+        Only a job with `trainer` settings builds a Trainer, the one thing that starts DDP
+        processes; the others (predict.py, export.py) leave Lightning unimported (seconds).
+        """
         self._saved_env = {name: os.environ.get(name) for name in LAUNCHER_ENV}
-        self._restore_command = replace_ddp_child_command(partial(child_command, self._entry))
+        if "trainer" in config:
+            self._restore_command = replace_ddp_child_command(partial(child_command, self._entry))
         if process_rank() != 0:
             # Also Lightning's own loggers, which set their level to INFO.
             logging.disable(logging.INFO)

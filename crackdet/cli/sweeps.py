@@ -13,12 +13,11 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.measure import Measurement
@@ -28,6 +27,9 @@ from crackdet.cli.sweep_figure import plot_accuracy_vs_speed
 from crackdet.distributed import process_rank
 from crackdet.errors import ConfigError
 from crackdet.io import write_csv, write_json
+
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import Logger
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +316,8 @@ def log_final_hparams(
     tags = [m for m in dict.fromkeys(wanted) if m and m in final]
     if not tags:
         return
+    # Imported here: the Hydra callback above runs in every entry point, predict.py included.
+    from lightning.pytorch.loggers import TensorBoardLogger
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 

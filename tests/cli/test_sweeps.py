@@ -143,7 +143,7 @@ def test_each_job_of_a_sweep_can_start_ddp_processes_again(monkeypatch) -> None:
         monkeypatch.delenv(name, raising=False)
     lightning_command = subprocess_script._hydra_subprocess_cmd
     callback = DistributedJobs()
-    callback.on_job_start(config=OmegaConf.create(), task_function=multirun)
+    callback.on_job_start(config=OmegaConf.create({"trainer": {}}), task_function=multirun)
     assert subprocess_script._hydra_subprocess_cmd is not lightning_command
     # What Lightning's launcher leaves in the launching process of a DDP job:
     monkeypatch.setenv("LOCAL_RANK", "0")
@@ -151,6 +151,18 @@ def test_each_job_of_a_sweep_can_start_ddp_processes_again(monkeypatch) -> None:
     callback.on_job_end(config=OmegaConf.create(), job_return=None)
     # Else the next job would believe its processes were started for it, and wait for them.
     assert not any(name in os.environ for name in LAUNCHER_ENV)
+    assert subprocess_script._hydra_subprocess_cmd is lightning_command
+
+
+def test_a_job_without_a_trainer_leaves_lightnings_ddp_command_alone() -> None:
+    # predict.py and export.py start no DDP processes; this keeps them from importing Lightning.
+    from lightning.fabric.strategies.launchers import subprocess_script
+
+    lightning_command = subprocess_script._hydra_subprocess_cmd
+    callback = DistributedJobs()
+    callback.on_job_start(config=OmegaConf.create({"predict": {}}), task_function=multirun)
+    assert subprocess_script._hydra_subprocess_cmd is lightning_command
+    callback.on_job_end(config=OmegaConf.create(), job_return=None)
     assert subprocess_script._hydra_subprocess_cmd is lightning_command
 
 
