@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from crackdet.errors import CheckpointError, ConfigError
-from crackdet.models.lightning_model import CrackClassifier
+from crackdet.models.settings import build_classifier, upgrade_weight_names
+from crackdet.models.torch_model import CrackNet
+
+if TYPE_CHECKING:
+    from crackdet.models.lightning_model import CrackClassifier
 
 _FIX = (
     "Fix: give a checkpoint written by `python train.py`, e.g. "
@@ -19,6 +24,10 @@ _FIX = (
 )
 #: Lightning's keys that let training continue from a checkpoint (weights-only ones lack them).
 _RESUME_KEYS = ("loops", "optimizer_states")
+#: Where Lightning records the model's and the data module's settings in a checkpoint
+#: (`CHECKPOINT_HYPER_PARAMS_KEY` of LightningModule and LightningDataModule).
+MODEL_SETTINGS_KEY = "hyper_parameters"
+DATA_SETTINGS_KEY = "datamodule_hyper_parameters"
 
 
 def checkpoint_file(ckpt_path: str | Path | None, setting: str = "ckpt_path") -> Path:
@@ -89,12 +98,21 @@ def read_checkpoint(ckpt_path: str | Path | None, setting: str = "ckpt_path") ->
 
 
 def check_weights_fit(
-    checkpoint: dict[str, Any], model: nn.Module, path: str | Path, setting: str = "ckpt_path"
+    checkpoint: dict[str, Any],
+    model: nn.Module,
+    path: str | Path,
+    setting: str = "ckpt_path",
+    name: str | None = None,
 ) -> None:
-    """Refuse a checkpoint whose weights do not fit `model` (another architecture)."""
+    """Refuse a checkpoint whose weights do not fit `model` (another architecture).
+
+    A model with Lightning's `on_load_checkpoint` hook first adapts the weights as loading does
+    (CrackClassifier: older key names); `name` is the model's name in the message.
+    """
     saved = {"state_dict": dict(checkpoint["state_dict"])}
-    if isinstance(model, CrackClassifier):
-        model.on_load_checkpoint(saved)  # older key names
+    adapt = getattr(model, "on_load_checkpoint", None)
+    if adapt is not None:
+        adapt(saved)
     weights, expected = saved["state_dict"], model.state_dict()
     problems = [f"missing {k}" for k in expected if k not in weights]
     problems += [f"unexpected {k}" for k in weights if k not in expected]
@@ -107,13 +125,15 @@ def check_weights_fit(
         shown = "; ".join(problems[:3]) + (f"; ... ({len(problems)} in all)" * (len(problems) > 3))
         raise CheckpointError(
             f"{setting}={path} was written for another model: its weights do not fit "
-            f"{type(model).__name__} with these settings ({shown}). Fix: give a checkpoint of "
+            f"{name or type(model).__name__} with these settings ({shown}). Fix: give a checkpoint of "
             "this model, or the model settings (model.*) it was trained with."
         )
 
 
 def load_classifier(ckpt_path: str | Path | None, setting: str = "ckpt_path") -> CrackClassifier:
     """The classifier a training checkpoint holds, on the CPU in eval mode (no ImageNet weights)."""
+    from crackdet.models.lightning_model import CrackClassifier
+
     checkpoint = read_checkpoint(ckpt_path, setting)
     path = checkpoint_file(ckpt_path, setting)
     try:
@@ -131,6 +151,50 @@ def load_classifier(ckpt_path: str | Path | None, setting: str = "ckpt_path") ->
         ) from exc
     check_weights_fit(checkpoint, model, path, setting)
     return model.eval()
+
+
+class _ClassifierWeights(nn.Module):
+    """A network under CrackClassifier's weight names (`net.*`), loaded as Lightning loads one."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Accept checkpoints written before the weights moved under `net.`."""
+        upgrade_weight_names(checkpoint)
+
+
+def load_network(
+    ckpt_path: str | Path | None, setting: str = "ckpt_path"
+) -> tuple[CrackNet, dict[str, Any]]:
+    """The plain network a training checkpoint holds and its recorded settings, without Lightning.
+
+    The network CrackClassifier wraps, built from the checkpoint's settings and weights as
+    `load_classifier` builds it (same weights, outputs and refusals), on the CPU in eval mode;
+    the settings are what that classifier's `hparams` would hold.
+    """
+    checkpoint = read_checkpoint(ckpt_path, setting)
+    path = checkpoint_file(ckpt_path, setting)
+    # As Lightning's load_from_checkpoint: the recorded settings CrackClassifier takes (others are
+    # dropped), with the ImageNet weights replaced by the checkpoint's own.
+    names = inspect.signature(build_classifier).parameters
+    try:
+        recorded = {**checkpoint.get(MODEL_SETTINGS_KEY, {}), "weights": None}
+        settings, net = build_classifier(**{k: v for k, v in recorded.items() if k in names})
+        model = _ClassifierWeights(net)
+        state = {"state_dict": dict(checkpoint["state_dict"])}
+        model.on_load_checkpoint(state)
+        # Not strict: missing and unexpected weights are named by check_weights_fit below.
+        model.load_state_dict(state["state_dict"], strict=False)
+    except Exception as exc:  # settings or shapes of another model
+        reason = str(exc).strip().splitlines()[-1].strip()
+        raise CheckpointError(
+            f"{setting}={path} was written for another model: it does not build a "
+            f"CrackClassifier ({type(exc).__name__}: {reason}). {_FIX}"
+        ) from exc
+    check_weights_fit(checkpoint, model, path, setting, name="CrackClassifier")
+    return net.eval(), settings
 
 
 def check_resumable(

@@ -9,7 +9,6 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import BaseFinetuning
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MaxMetric, MetricCollection, SumMetric
 from torchmetrics.classification import (
@@ -23,18 +22,8 @@ from torchmetrics.classification import (
 
 from crackdet.errors import ConfigError
 from crackdet.models.backbone import DEFAULT_BACKBONE
-from crackdet.models.runtime import FeatureFn, check_precision, check_runtime, choose_runtime
-from crackdet.models.torch_model import CrackNet
-from crackdet.models.trainable import check_trainable
-
-DEFAULT_OPTIMIZER = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers to plain dicts/lists, so checkpoints load with weights_only=True."""
-    if isinstance(value, DictConfig) or OmegaConf.is_config(value):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
+from crackdet.models.runtime import FeatureFn, choose_runtime
+from crackdet.models.settings import build_classifier, upgrade_weight_names
 
 
 def stage_metrics(prefix: str) -> MetricCollection:
@@ -73,42 +62,23 @@ class CrackClassifier(L.LightningModule):
         freeze_backbone: bool | None = None,
     ):
         super().__init__()
-        if freeze_backbone is not None:
-            # Checkpoints written before model.trainable recorded this flag instead.
-            trainable = "head" if freeze_backbone else "all"
-        check_runtime(backbone_runtime)
-        check_precision(backbone_precision)
-        check_trainable(trainable)
-        if backbone_lr is not None and not backbone_lr > 0:
-            raise ConfigError(f"model.backbone_lr={backbone_lr} must be above 0 (or null).")
-        self.save_hyperparameters(
-            {
-                "backbone": str(backbone),
-                "weights": None if weights is None else str(weights),
-                "bn_mode": bn_mode,
-                "trainable": trainable,
-                "backbone_lr": None if backbone_lr is None else float(backbone_lr),
-                "num_classes": int(num_classes),
-                "dropout": float(dropout),
-                "optimizer": _plain(optimizer) or dict(DEFAULT_OPTIMIZER),
-                "scheduler": _plain(scheduler),
-                "scheduler_monitor": scheduler_monitor,
-                "channels_last": bool(channels_last),
-                # How the feature cache, eval.py and predict.py run the frozen backbone;
-                # `forward` and training steps always run eagerly.
-                "backbone_runtime": backbone_runtime,
-                "backbone_precision": backbone_precision,
-            }
-        )
-        self.net = CrackNet(
+        settings, self.net = build_classifier(
             weights=weights,
             bn_mode=bn_mode,
             trainable=trainable,
-            backbone=backbone,
             num_classes=num_classes,
             dropout=dropout,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scheduler_monitor=scheduler_monitor,
             channels_last=channels_last,
+            backbone_runtime=backbone_runtime,
+            backbone_precision=backbone_precision,
+            backbone=backbone,
+            backbone_lr=backbone_lr,
+            freeze_backbone=freeze_backbone,
         )
+        self.save_hyperparameters(settings)
         self.loss_fn = nn.CrossEntropyLoss()
         # nn.Module already has a `train` attribute, so stages are keyed with a suffix.
         self.metrics = nn.ModuleDict(
@@ -140,9 +110,7 @@ class CrackClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Accept checkpoints written before the weights moved under `net.`."""
-        state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if k.startswith(("backbone.", "head."))]:
-            state[f"net.{key}"] = state.pop(key)
+        upgrade_weight_names(checkpoint)
 
     def setup(self, stage: str) -> None:
         """Refuse a backbone runtime or precision this machine cannot run, or a fine-tuning

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from torch import nn
 
 from crackdet.deploy.inference import load_checkpoint
 from crackdet.errors import CheckpointError
-from crackdet.models.checkpoint import check_resumable, load_classifier
+from crackdet.models.checkpoint import (
+    DATA_SETTINGS_KEY,
+    MODEL_SETTINGS_KEY,
+    check_resumable,
+    load_classifier,
+    load_network,
+)
 from crackdet.models.lightning_model import CrackClassifier
+from crackdet.models.settings import build_classifier
+from crackdet.models.torch_model import CrackNet
 from tests.conftest import TINY, run_entry
 
 #: What each kind of bad file is called in the error message.
@@ -60,12 +70,97 @@ def good_ckpt(trained_run: Path) -> Path:
 @pytest.mark.parametrize("kind", BAD_KINDS)
 def test_loader_names_the_file_and_what_is_wrong(kind: str, good_ckpt: Path, tmp_path: Path):
     bad = make_bad_checkpoint(kind, good_ckpt, tmp_path)
-    for load in (load_classifier, load_checkpoint):  # eval; predict and export
+    messages = []
+    # eval; export; predict (the plain network, refused in the same words)
+    for load in (load_classifier, load_checkpoint, load_network):
         with pytest.raises(CheckpointError) as refused:
             load(bad)
         message = str(refused.value)
         assert f"ckpt_path={bad}" in message and BAD_KINDS[kind] in message
         assert "Fix:" in message
+        messages.append(message)
+    assert len(set(messages)) == 1
+
+
+#: Recorded settings that build no classifier, or one the weights do not fit.
+BAD_SETTINGS = [
+    {"backbone_runtime": "warp"},
+    {"backbone_precision": "fp8"},
+    {"backbone": "resnet5"},
+    {"dropout": 1.0},
+    {"num_classes": 3},
+    {"trainable": "some"},
+    {"backbone_lr": 0},
+]
+
+
+def _with_settings(good: Path, folder: Path, **settings) -> Path:
+    checkpoint = torch.load(good, map_location="cpu", weights_only=True)
+    checkpoint["hyper_parameters"].update(settings)
+    path = folder / "settings.ckpt"
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "settings", BAD_SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items())
+)
+def test_bad_recorded_settings_are_refused_alike(settings: dict, good_ckpt: Path, tmp_path: Path):
+    bad = _with_settings(good_ckpt, tmp_path, **settings)
+    with pytest.raises(CheckpointError) as lightning:
+        load_classifier(bad)
+    with pytest.raises(CheckpointError) as plain:
+        load_network(bad)
+    assert str(plain.value) == str(lightning.value)
+    assert "was written for another model" in str(plain.value)
+
+
+def _old_layout(good: Path, folder: Path) -> Path:
+    """The checkpoint as written before the weights moved under `net.` and model.trainable."""
+    checkpoint = torch.load(good, map_location="cpu", weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    del hparams["trainable"], hparams["backbone"], hparams["backbone_precision"]
+    hparams["freeze_backbone"] = True
+    hparams["a_setting_of_another_version"] = 1  # dropped, as Lightning drops it
+    checkpoint["state_dict"] = {
+        k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()
+    }
+    path = folder / "old.ckpt"
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["current", "old"])
+def test_the_plain_network_is_the_classifiers_network(layout: str, good_ckpt: Path, tmp_path):
+    ckpt = good_ckpt if layout == "current" else _old_layout(good_ckpt, tmp_path)
+    classifier = load_classifier(ckpt)
+    net, settings = load_network(ckpt)
+    assert type(net) is CrackNet and not net.training
+    assert settings == dict(classifier.hparams)
+    expected = classifier.net.state_dict()
+    assert list(net.state_dict()) == list(expected)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, expected[key]) and value.stride() == expected[key].stride(), key
+    torch.manual_seed(0)
+    images = torch.randn(4, 3, 48, 48)
+    with torch.inference_mode():
+        assert torch.equal(net(images), classifier(images))
+        assert torch.equal(net.features(images), classifier.net.features(images))
+    for mode in (True, False):  # the frozen backbone stays in eval mode alike
+        net.train(mode), classifier.train(mode)
+        assert [m.training for m in net.modules()] == [m.training for m in classifier.net.modules()]
+
+
+def test_the_network_is_rebuilt_from_exactly_the_classifiers_arguments():
+    # Lightning passes the recorded settings CrackClassifier takes; load_network those of
+    # build_classifier: the two must not drift apart.
+    classifier = list(inspect.signature(CrackClassifier.__init__).parameters.values())[1:]
+    assert classifier == list(inspect.signature(build_classifier).parameters.values())
+
+
+def test_the_settings_keys_are_lightnings():
+    assert MODEL_SETTINGS_KEY == L.LightningModule.CHECKPOINT_HYPER_PARAMS_KEY
+    assert DATA_SETTINGS_KEY == L.LightningDataModule.CHECKPOINT_HYPER_PARAMS_KEY
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)
