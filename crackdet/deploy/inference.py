@@ -6,23 +6,31 @@ import glob
 import logging
 import math
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
 import torch
 from PIL import Image
+from torch import nn
 from torchvision.transforms import v2
 
 from crackdet.data.images import visible_files
 from crackdet.data.transforms import eval_transform
 from crackdet.errors import ConfigError
 from crackdet.evaluation.threshold import DEFAULT_THRESHOLD, stored_threshold
-from crackdet.models.checkpoint import checkpoint_file, load_classifier
-from crackdet.models.lightning_model import CrackClassifier
+from crackdet.models.checkpoint import (
+    DATA_SETTINGS_KEY,
+    checkpoint_file,
+    load_classifier,
+    load_network,
+)
 from crackdet.models.runtime import FeatureFn, build_feature_extractor
+
+if TYPE_CHECKING:
+    from crackdet.models.lightning_model import CrackClassifier
+    from crackdet.models.torch_model import CrackNet
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +42,8 @@ class LoadedCheckpoint:
     """A trained classifier in eval mode plus the preprocessing it was trained with."""
 
     path: Path
-    model: CrackClassifier
+    #: The CrackClassifier (load_checkpoint), or the plain CrackNet it wraps (load_network).
+    model: CrackClassifier | CrackNet
     image_size: int
     mean: list[float]
     std: list[float]
@@ -43,6 +52,8 @@ class LoadedCheckpoint:
     data_dir: str | None = None
     #: The resize filter of training (checkpoints that predate the setting used bilinear).
     interpolation: str = "bilinear"
+    #: The model settings the checkpoint records (the classifier's `hparams`).
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def transform(self, normalize: bool = True) -> v2.Compose:
         """The data set's eval preprocessing; `normalize=False` stops at RGB floats in [0, 1]."""
@@ -54,12 +65,28 @@ class LoadedCheckpoint:
 def recorded_data_settings(ckpt_path: str | Path) -> dict[str, Any]:
     """The training run's data settings that Lightning saved in the checkpoint (may be empty)."""
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    return dict(checkpoint.get(L.LightningDataModule.CHECKPOINT_HYPER_PARAMS_KEY) or {})
+    return dict(checkpoint.get(DATA_SETTINGS_KEY) or {})
 
 
 def load_checkpoint(ckpt_path: str | Path | None) -> LoadedCheckpoint:
     """Load a training checkpoint on the CPU without needing the backbone's ImageNet weights."""
     model = load_classifier(ckpt_path)
+    return _with_preprocessing(ckpt_path, model, dict(model.hparams))
+
+
+def load_network_checkpoint(ckpt_path: str | Path | None) -> LoadedCheckpoint:
+    """As `load_checkpoint`, with the plain network instead of the LightningModule around it.
+
+    For inference only (predict.py): Lightning, whose import takes seconds, is not imported.
+    """
+    net, settings = load_network(ckpt_path)
+    return _with_preprocessing(ckpt_path, net, settings)
+
+
+def _with_preprocessing(
+    ckpt_path: str | Path | None, model: nn.Module, settings: dict[str, Any]
+) -> LoadedCheckpoint:
+    """The loaded model with the preprocessing and threshold its checkpoint records."""
     path = checkpoint_file(ckpt_path)
     data = recorded_data_settings(path)
     threshold = stored_threshold(path)
@@ -77,6 +104,7 @@ def load_checkpoint(ckpt_path: str | Path | None) -> LoadedCheckpoint:
         stored_threshold=threshold,
         data_dir=data.get("data_dir"),
         interpolation=str(data.get("interpolation", "bilinear")),
+        settings=settings,
     )
 
 
@@ -97,22 +125,24 @@ def resolve_threshold(
 
 
 def backbone_runner(
-    model: CrackClassifier,
+    backbone: nn.Module,
+    settings: Mapping[str, Any],
     runtime: str | None,
     precision: str | None,
     example_shape: tuple[int, int],
     device: torch.device,
     cache_dir: str | Path | None,
 ) -> FeatureFn:
-    """The checkpoint's backbone on a runtime; None takes the training run's choice.
+    """The checkpoint's backbone on a runtime; None takes the training run's choice (`settings`,
+    the model settings the checkpoint records).
 
     `example_shape` is (batch size, image size); ONNX exports are kept under `cache_dir`.
     """
-    runtime = runtime or model.hparams.get("backbone_runtime", "auto")
-    precision = precision or model.hparams.get("backbone_precision", "fp32")
+    runtime = runtime or settings.get("backbone_runtime", "auto")
+    precision = precision or settings.get("backbone_precision", "fp32")
     batch, size = example_shape
     example = torch.zeros(batch, 3, size, size)
-    return build_feature_extractor(model.backbone, runtime, example, device, precision, cache_dir)
+    return build_feature_extractor(backbone, runtime, example, device, precision, cache_dir)
 
 
 def pick_device(name: str) -> torch.device:

@@ -25,7 +25,7 @@ from crackdet.deploy.inference import (
     LoadedCheckpoint,
     backbone_runner,
     find_images,
-    load_checkpoint,
+    load_network_checkpoint,
     pick_device,
     resolve_threshold,
 )
@@ -148,7 +148,8 @@ class _Predictor:
     ):
         self.model = loaded.model.to(device).eval()
         self.features = backbone_runner(
-            self.model,
+            self.model.backbone,
+            loaded.settings,
             settings.backbone_runtime,
             settings.backbone_precision,
             (settings.batch_size, loaded.image_size),
@@ -335,7 +336,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     """Classify every image `cfg.input` names; write predictions.csv and heatmaps/ to the run dir."""
     settings = PredictSettings.from_cfg(cfg.predict)
     paths = find_images(cfg.get("input"), "input")
-    loaded = load_checkpoint(cfg.get("ckpt_path"))
+    loaded = load_network_checkpoint(cfg.get("ckpt_path"))
     threshold, source = resolve_threshold(cfg.predict.get("threshold"), loaded.stored_threshold)
     device = pick_device(settings.device)
     output_dir = Path(cfg.paths.output_dir)

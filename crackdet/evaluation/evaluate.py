@@ -125,7 +125,8 @@ class _Predictor:
         if self.model.feature_fn is None:
             # The backbone runs on the configured runtime; the head in the test step.
             self.model.feature_fn = backbone_runner(
-                self.model,
+                self.model.backbone,
+                self.model.hparams,
                 *self.runtime,
                 (datamodule.batch_size, datamodule.image_size),
                 self.trainer.strategy.root_device,

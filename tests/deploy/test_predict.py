@@ -150,6 +150,22 @@ def test_portrait_photo_is_scanned_as_displayed(best_ckpt: Path, tmp_path: Path)
         assert heatmap.size == (240, 300)
 
 
+def test_probabilities_are_those_of_the_lightning_classifier(best_ckpt: Path, tmp_path: Path):
+    # predict.py runs the plain network without Lightning; p(crack) is bit for bit the same.
+    from crackdet.deploy.inference import load_checkpoint, load_network_checkpoint
+    from crackdet.deploy.predict import PredictSettings, _Predictor
+
+    settings = PredictSettings(227, 227, 4, 1600, "cpu", backbone_runtime="eager")
+    tiles = pil_to_tensor(_photo((500, 300)))
+    probs = []
+    for load in (load_checkpoint, load_network_checkpoint):
+        predictor = _Predictor(load(best_ckpt), settings, torch.device("cpu"), tmp_path)
+        boxes = tile_boxes(500, 300, tile=227, stride=227)
+        batches = tile_batches(tiles, boxes, settings.batch_size, predictor.transform)
+        probs.append([p for batch in batches for p in predictor.probabilities(batch)])
+    assert len(probs[0]) == 6 and probs[0] == probs[1]
+
+
 @pytest.fixture
 def ckpt_variants(best_ckpt: Path, tmp_path: Path) -> dict[str, Path]:
     """The trained checkpoint with a known stored threshold, and without any."""

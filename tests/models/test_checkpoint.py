@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from crackdet.deploy.inference import load_checkpoint
+from crackdet.deploy.inference import load_checkpoint, load_network_checkpoint
 from crackdet.errors import CheckpointError
 from crackdet.models.checkpoint import (
     DATA_SETTINGS_KEY,
@@ -72,7 +73,7 @@ def test_loader_names_the_file_and_what_is_wrong(kind: str, good_ckpt: Path, tmp
     bad = make_bad_checkpoint(kind, good_ckpt, tmp_path)
     messages = []
     # eval; export; predict (the plain network, refused in the same words)
-    for load in (load_classifier, load_checkpoint, load_network):
+    for load in (load_classifier, load_checkpoint, load_network, load_network_checkpoint):
         with pytest.raises(CheckpointError) as refused:
             load(bad)
         message = str(refused.value)
@@ -149,6 +150,13 @@ def test_the_plain_network_is_the_classifiers_network(layout: str, good_ckpt: Pa
     for mode in (True, False):  # the frozen backbone stays in eval mode alike
         net.train(mode), classifier.train(mode)
         assert [m.training for m in net.modules()] == [m.training for m in classifier.net.modules()]
+
+
+def test_both_loaders_read_the_same_preprocessing(good_ckpt: Path):
+    lightning, plain = load_checkpoint(good_ckpt), load_network_checkpoint(good_ckpt)
+    assert type(plain.model) is CrackNet and isinstance(lightning.model, CrackClassifier)
+    fields = [f.name for f in dataclasses.fields(plain) if f.name != "model"]
+    assert {f: getattr(plain, f) for f in fields} == {f: getattr(lightning, f) for f in fields}
 
 
 def test_the_network_is_rebuilt_from_exactly_the_classifiers_arguments():
