@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 import crackdet.cli.config  # noqa: F401  (registers the ${project_root:} resolver)
-from crackdet.cli.run import run_main
+from crackdet.cli.run import run_entry_point, run_main
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
@@ -17,4 +17,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

@@ -10,9 +10,11 @@ else generated images), it measures and reports (rich table, JSON under benchmar
    feature difference from eager fp32; CUDA rows when a GPU is present;
 2. extraction through the feature cache's DataLoader path (decoding included) with the default
    runtime at fp32 and at bf16;
-3. whole-process cold training runs (`python train.py`, fresh cache) at fp32 and bf16: images/s
-   and the accuracy delta of bf16 (val/acc of the head trained on each, largest p(crack)
-   difference on the validation images);
+3. whole-process cold training runs (`python train.py`, fresh cache) at fp32 and bf16 over
+   `--cold-images` images (4,000, the issue's size: when the folder has fewer, mirror images of
+   its photos make up the count, and the report says how many), then the accuracy delta of
+   bf16: a head trained for `--head-epochs` on each precision's features of the folder's own
+   images (val/acc, largest p(crack) difference on the validation images);
 4. whole-process `python predict.py` over `--predict-images` images;
 5. a whole-process `--sweep-jobs`-job multirun on warm cached features against one such job;
 and checks the targets as ratios of numbers measured in this run. The backbone has random
@@ -41,6 +43,7 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
+from PIL import Image, ImageOps
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
@@ -98,6 +101,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="runtimes measured in memory (compile takes about a minute to set up: add it)",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed batches per runtime")
+    parser.add_argument(
+        "--cold-images",
+        type=int,
+        default=4000,
+        help="images of the cold training runs; when the folder has fewer, mirror images of its "
+        "photos (re-encoded JPEGs) make up the count (0: the folder as it is)",
+    )
+    parser.add_argument(
+        "--head-epochs", type=int, default=20, help="epochs of the heads bf16 is compared with"
+    )
+    parser.add_argument("--head-lr", type=float, default=1e-2)
     parser.add_argument("--predict-images", type=int, default=1000)
     parser.add_argument("--sweep-images", type=int, default=1000)
     parser.add_argument("--sweep-epochs", type=int, default=5)
@@ -139,6 +153,41 @@ def subset(source: Path, n_images: int, target: Path) -> Path:
     return target
 
 
+#: Distinct views of a photo that make up a cold-run folder larger than the real one.
+VIEWS = {
+    "mirrored": ImageOps.mirror,
+    "flipped": ImageOps.flip,
+    "rotated": lambda image: image.rotate(180),
+}
+
+
+def cold_images(source: Path, n_images: int, target: Path) -> dict[str, int]:
+    """`target` with `n_images` images, half per class: links to `source`'s, then views of them.
+
+    A view (mirror image, upside down, rotated) is another photo of the same concrete: another
+    file with other bytes, decoded and run through the backbone like any other.
+    """
+    counts = {"real": 0, "views": 0}
+    for k, folder in enumerate(CLASS_FOLDERS):
+        files = sorted(p for p in (source / folder).iterdir() if p.is_file())
+        count = (n_images + k) // 2
+        if count > len(files) * (1 + len(VIEWS)):
+            raise SystemExit(f"--cold-images {n_images}: {source / folder} has too few images.")
+        (target / folder).mkdir(parents=True)
+        for path in files[:count]:
+            (target / folder / path.name).symlink_to(path.resolve())
+        for i in range(max(0, count - len(files))):
+            name, view = list(VIEWS.items())[i // len(files)]
+            original = files[i % len(files)]
+            with Image.open(original) as image:
+                view(image.convert("RGB")).save(
+                    target / folder / f"{original.stem}-{name}.jpg", quality=95
+                )
+        counts["real"] += min(count, len(files))
+        counts["views"] += max(0, count - len(files))
+    return counts
+
+
 def count_images(folder: Path) -> int:
     """Files in the class folders."""
     return sum(1 for c in CLASS_FOLDERS for p in (folder / c).iterdir() if p.is_file())
@@ -166,7 +215,8 @@ def shared_runtimes(cache: Path, work: Path) -> Path:
     """
     cache.mkdir(parents=True, exist_ok=True)
     (work / "cache-runtimes" / "runtimes").mkdir(parents=True, exist_ok=True)
-    (cache / "runtimes").symlink_to(work / "cache-runtimes" / "runtimes")
+    if not (cache / "runtimes").exists():
+        (cache / "runtimes").symlink_to(work / "cache-runtimes" / "runtimes")
     return cache
 
 
@@ -240,6 +290,7 @@ def extraction(data_dir: Path, args: argparse.Namespace, work: Path, precision: 
         "cpu",
         precision,
         work / "cache-runtimes",
+        (datamodule.mean, datamodule.std),  # the feature cache hands over uint8 images
     )
     records = datamodule.scan.records
     _, seconds = timed(extract_features, datamodule, extract, records, False)
@@ -293,13 +344,17 @@ def extraction_seconds(run: Path) -> tuple[int, float]:
     return int(found.group(1)), float(found.group(2))
 
 
-def _val_probabilities(run: Path) -> dict[str, float]:
+def _val_probabilities(run: Path) -> dict[str, tuple[int, float]]:
+    """(label, p(crack)) of every validation image of a run, by path."""
     with open(run / "predictions_val.csv", newline="") as handle:
-        return {row["path"]: float(row["prob_crack"]) for row in csv.DictReader(handle)}
+        return {
+            row["path"]: (int(row["label"]), float(row["prob_crack"]))
+            for row in csv.DictReader(handle)
+        }
 
 
 def cold_training(data_dir: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Whole-process cold runs (1 epoch, fresh caches) at fp32 and bf16, and bf16's accuracy."""
+    """Whole-process cold runs (1 epoch, fresh caches) at fp32 and bf16."""
     n = count_images(data_dir)
     runs: dict[str, Any] = {}
     for precision in PRECISIONS:
@@ -331,14 +386,53 @@ def cold_training(data_dir: Path, args: argparse.Namespace, work: Path) -> dict[
             "extraction_images_per_s": extracted / extraction_s,
             "other_s": seconds - extraction_s,
         }
-    if "seconds" in runs.get("bf16", {}):
-        fp32, bf16 = (_val_probabilities(Path(runs[p]["run"])) for p in PRECISIONS)
-        runs["bf16_vs_fp32"] = {
-            "val_acc_delta_points": 100 * (runs["bf16"]["val_acc"] - runs["fp32"]["val_acc"]),
-            "max_probability_difference": max(abs(fp32[k] - bf16[k]) for k in fp32),
+    return runs
+
+
+def _val_accuracy(probabilities: dict[str, tuple[int, float]], threshold: float = 0.5) -> float:
+    return sum((p >= threshold) == bool(y) for y, p in probabilities.values()) / len(probabilities)
+
+
+def head_accuracy(
+    data_dir: Path, args: argparse.Namespace, work: Path, cold: dict[str, Any]
+) -> dict[str, Any]:
+    """bf16 against fp32: a head trained on each precision's features of `data_dir`'s images.
+
+    The features come from the cold runs' caches (keyed on content, so the folder's images are
+    found there). One cold epoch barely moves a head on random-weight features; `--head-epochs`
+    at `--head-lr` trains one that separates the classes, so the delta measures the features.
+    """
+    heads: dict[str, Any] = {}
+    for precision in PRECISIONS:
+        if "seconds" not in cold.get(precision, {}):
+            continue
+        run = work / "runs" / f"head-{precision}"
+        entry(
+            "train.py",
+            *_train_overrides(data_dir, args, work / f"cache-cold-{precision}"),
+            f"model.backbone_precision={precision}",
+            f"trainer.max_epochs={args.head_epochs}",
+            f"model.optimizer.lr={args.head_lr}",
+            f"hydra.run.dir={run}",
+        )
+        extraction = EXTRACTED.search((run / "train.log").read_text())
+        probabilities = _val_probabilities(run)
+        heads[precision] = {
+            "run": str(run),
+            "epochs": args.head_epochs,
+            # Of the best checkpoint, as predictions_val.csv lists them (p >= 0.5 is a crack).
+            "val_acc": _val_accuracy(probabilities),
+            "validation_images": len(probabilities),
+            "extracted_again": int(extraction.group(1)) if extraction else 0,
+        }
+    if set(PRECISIONS) <= heads.keys():
+        fp32, bf16 = (_val_probabilities(Path(heads[p]["run"])) for p in PRECISIONS)
+        heads["bf16_vs_fp32"] = {
+            "val_acc_delta_points": 100 * (heads["bf16"]["val_acc"] - heads["fp32"]["val_acc"]),
+            "max_probability_difference": max(abs(fp32[k][1] - bf16[k][1]) for k in fp32),
             "validation_images": len(fp32),
         }
-    return runs
+    return heads
 
 
 def predict_run(data_dir: Path, ckpt: Path, n_images: int, work: Path) -> dict[str, Any]:
@@ -424,9 +518,9 @@ def targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
             report["extraction"]["bf16"]["images_per_s"]
             / report["extraction"]["fp32"]["images_per_s"]
         )
-    if "bf16_vs_fp32" in report["cold_train"]:
+    if "bf16_vs_fp32" in report["bf16_accuracy"]:
         measured["bf16_val_acc_delta_points"] = abs(
-            report["cold_train"]["bf16_vs_fp32"]["val_acc_delta_points"]
+            report["bf16_accuracy"]["bf16_vs_fp32"]["val_acc_delta_points"]
         )
     same = report["in_memory"].get(f"{report['extraction']['fp32']['runtime']} fp32", {})
     if "images_per_s" in same:
@@ -458,7 +552,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             report["extraction"][precision] = extraction(data_dir, args, work, precision)
         except CrackdetError as exc:
             report["extraction"][precision] = {"error": str(exc)}
-    report["cold_train"] = cold_training(data_dir, args, work)
+    cold_dir = data_dir
+    if args.cold_images > 0:
+        cold_dir = work / "cold-data"
+        report["settings"]["cold_images_made_of"] = cold_images(
+            data_dir, args.cold_images, cold_dir
+        )
+    report["cold_train"] = cold_training(cold_dir, args, work)
+    report["bf16_accuracy"] = head_accuracy(data_dir, args, work, report["cold_train"])
     ckpt = Path(report["cold_train"]["fp32"]["run"]) / "checkpoints" / "best.ckpt"
     report["predict"] = predict_run(data_dir, ckpt, args.predict_images, work)
     report["sweep"] = sweep(data_dir, args, work)
@@ -496,21 +597,26 @@ def show(report: dict[str, Any], console: Console) -> None:
         value = f"{r['images_per_s']:.1f} images/s" if "images_per_s" in r else "refused"
         pipeline.add_row(f"extraction, {r.get('runtime', 'auto')} {precision}", value)
     cold = report["cold_train"]
+    made_of = report["settings"].get("cold_images_made_of")
     for precision in PRECISIONS:
         r = cold.get(precision, {})
         if "seconds" in r:
+            views = f" ({made_of['views']} of them views)" if made_of and made_of["views"] else ""
             pipeline.add_row(
-                f"cold train.py, {precision}, {r['images']} images",
-                f"{r['seconds']:.1f} s = {r['images_per_s']:.1f} images/s, "
-                f"val/acc {100 * r['val_acc']:.2f}%; of it extraction {r['extraction_s']:.1f} s "
-                f"({r['extraction_images_per_s']:.1f} images/s), the rest {r['other_s']:.1f} s",
+                f"cold train.py, {precision}, {r['images']} images{views}",
+                f"{r['seconds']:.1f} s = {r['images_per_s']:.1f} images/s; of it extraction "
+                f"{r['extraction_s']:.1f} s ({r['extraction_images_per_s']:.1f} images/s), "
+                f"the rest {r['other_s']:.1f} s",
             )
-    if "bf16_vs_fp32" in cold:
-        delta = cold["bf16_vs_fp32"]
+    heads = report["bf16_accuracy"]
+    if "bf16_vs_fp32" in heads:
+        delta = heads["bf16_vs_fp32"]
         pipeline.add_row(
-            "bf16 vs fp32 (head trained on each)",
-            f"val/acc {delta['val_acc_delta_points']:+.2f} points, max |dp| "
-            f"{delta['max_probability_difference']:.4f}",
+            f"bf16 vs fp32, head trained {heads['fp32']['epochs']} epochs on each "
+            f"({delta['validation_images']} val images)",
+            f"val/acc {100 * heads['fp32']['val_acc']:.2f}% -> "
+            f"{100 * heads['bf16']['val_acc']:.2f}% ({delta['val_acc_delta_points']:+.2f} "
+            f"points), max |dp| {delta['max_probability_difference']:.4f}",
         )
     p = report["predict"]
     pipeline.add_row(

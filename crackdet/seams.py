@@ -10,6 +10,7 @@ the package in `TESTED`, and a test.
 
 from __future__ import annotations
 
+import atexit
 import csv
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
@@ -150,3 +151,22 @@ def torch_cpu_has_native_bf16() -> bool:
         return False
     probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return bool(probe()) if probe is not None else False
+
+
+# --- CPython: the interpreter's exit handlers, run before leaving without its teardown -----------
+
+
+def run_exit_handlers() -> bool:
+    """Run every `atexit` handler now, as the interpreter does at exit; False where it cannot.
+
+    `atexit._run_exitfuncs` is the hook CPython calls at shutdown, and there is no public way to
+    run the handlers early. crackdet calls it before `os._exit` (crackdet.cli.run.run_entry_point)
+    so the exit handlers still flush and clean up, while the teardown of torch, Lightning and the
+    thousands of modules they load, which saves nothing, is skipped. Without the hook the entry
+    point exits the normal way (tests/test_seams.py fails when it is gone).
+    """
+    run = getattr(atexit, "_run_exitfuncs", None)
+    if run is None:
+        return False
+    run()
+    return True

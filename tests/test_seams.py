@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import subprocess
+import sys
 from importlib.metadata import version
 from pathlib import Path
 from types import SimpleNamespace
@@ -112,3 +113,19 @@ def test_torch_reports_native_cpu_bf16_through_the_seam():
     # If upstream renames the op, the seam would answer False and bf16 would be refused.
     assert hasattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported")
     assert isinstance(torch_cpu_has_native_bf16(), bool)
+
+
+def test_exit_handlers_run_early_once_and_in_order(tmp_path: Path) -> None:
+    # In a child process: running them here would run pytest's own.
+    script = (
+        "import atexit, sys\n"
+        "from crackdet.seams import run_exit_handlers\n"
+        "log = open(sys.argv[1], 'a')\n"
+        "atexit.register(lambda: log.write('first registered\\n') or log.flush())\n"
+        "atexit.register(lambda: log.write('last registered\\n') or log.flush())\n"
+        "assert run_exit_handlers() is True\n"
+        "log.write('after\\n'); log.flush()\n"
+    )
+    out = tmp_path / "order.txt"
+    subprocess.run([sys.executable, "-c", script, str(out)], check=True, timeout=60)
+    assert out.read_text() == "last registered\nfirst registered\nafter\n"

@@ -52,6 +52,20 @@ def load_rgb(path: str | Path) -> Image.Image:
     return _decoded(path)
 
 
+def check_decodes(data: bytes) -> None:
+    """Raise as `decode_rgb` would when `data` does not decode completely as an image.
+
+    A JPEG is decoded at 1/8 of its size (Pillow's draft mode): libjpeg still reads and checks
+    every byte of the compressed stream, so a truncated or corrupt file fails as it would at full
+    size, without the full-size inverse DCT (0.13 ms against 0.31 ms for a 227 px photo here).
+    """
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format == "JPEG":
+            image.draft(image.mode, (1, 1))
+        image.load()
+        to_rgb(ImageOps.exif_transpose(image))
+
+
 def decode_rgb(data: bytes) -> Image.Image:
     """Decode image bytes fully, upright and RGB; raises on corrupt or truncated data."""
     return _decoded(io.BytesIO(data))

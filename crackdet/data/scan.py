@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crackdet.data.classes import CLASS_LABELS
-from crackdet.data.images import decode_rgb
+from crackdet.data.images import check_decodes
 from crackdet.errors import DataError
 from crackdet.io import atomic_write_text
 
@@ -227,7 +227,7 @@ def inspect_bytes(data: bytes) -> str | None:
     if not data:
         return "empty file (0 bytes)"
     try:
-        decode_rgb(data)
+        check_decodes(data)
     except Exception as exc:  # any decoder failure makes the file bad, whatever its type
         return decode_failure(exc)
     return None

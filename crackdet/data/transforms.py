@@ -32,7 +32,7 @@ def interpolation_mode(interpolation: str) -> InterpolationMode:
     return InterpolationMode(interpolation)
 
 
-def _to_tensor(image_size: int, interpolation: str) -> list:
+def _resize(image_size: int, interpolation: str) -> list:
     # Square resize, not crop: the whole photo is evidence, and the data set's images are square.
     return [
         v2.PILToTensor(),
@@ -41,8 +41,22 @@ def _to_tensor(image_size: int, interpolation: str) -> list:
             interpolation=interpolation_mode(interpolation),
             antialias=True,
         ),
-        v2.ToDtype(torch.float32, scale=True),
     ]
+
+
+def resize_transform(image_size: int, interpolation: str = "bilinear") -> v2.Compose:
+    """RGB PIL image -> resized uint8 tensor (3, H, W): `eval_transform` up to its float steps.
+
+    With `batch_normalizer` after it (on one image or a whole batch) the result is bit for bit
+    `eval_transform`'s; bulk feature extraction decodes this way, as bytes, and normalises a batch
+    at once (or lets the backbone runtime do it inside its compiled graph).
+    """
+    return v2.Compose(_resize(image_size, interpolation))
+
+
+def batch_normalizer(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    """uint8 images (..., 3, H, W) -> floats scaled to [0, 1] and normalised by `mean`/`std`."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
 
 def eval_transform(
@@ -52,7 +66,9 @@ def eval_transform(
     interpolation: str = "bilinear",
 ) -> v2.Compose:
     """Deterministic preprocessing: RGB PIL image -> resized, normalised float tensor."""
-    return v2.Compose([*_to_tensor(image_size, interpolation), v2.Normalize(list(mean), list(std))])
+    return v2.Compose(
+        [*_resize(image_size, interpolation), *batch_normalizer(mean, std).transforms]
+    )
 
 
 def train_transform(

@@ -14,7 +14,7 @@ import hashlib
 import importlib
 import logging
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -38,7 +38,10 @@ AUTO_ORDER_CPU = ("openvino", "onnxruntime", "eager")
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 #: A batch of normalised images (N, 3, H, W) -> features (N, feature width), without autograd.
+#: Built with `normalization=(mean, std)`, it takes the uint8 images `resize_transform` makes.
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+#: (mean, std) per channel, as `batch_normalizer` and `eval_transform` apply them.
+Normalization = tuple[Sequence[float], Sequence[float]]
 
 
 @dataclass(frozen=True)
@@ -316,7 +319,28 @@ def _onnxruntime(model: Path, device: torch.device) -> FeatureFn:
     return run
 
 
-def _openvino(model: Path, device: torch.device, precision: str, cache: Path) -> FeatureFn:
+def _normalized_openvino_model(core, model: Path, normalization: Normalization):
+    """The backbone with uint8 input, scaled to [0, 1] and normalised inside OpenVINO's graph."""
+    import openvino as ov
+    from openvino.preprocess import PrePostProcessor
+
+    mean, std = normalization
+    steps = PrePostProcessor(core.read_model(str(model)))
+    steps.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NCHW"))
+    steps.input().model().set_layout(ov.Layout("NCHW"))
+    steps.input().preprocess().convert_element_type(ov.Type.f32).scale(255.0).mean(
+        [float(m) for m in mean]
+    ).scale([float(s) for s in std])
+    return steps.build()
+
+
+def _openvino(
+    model: Path,
+    device: torch.device,
+    precision: str,
+    cache: Path,
+    normalization: Normalization | None = None,
+) -> FeatureFn:
     config = {
         # OpenVINO's CPU default is bf16 wherever the CPU has it: ask for what was chosen.
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
@@ -325,11 +349,20 @@ def _openvino(model: Path, device: torch.device, precision: str, cache: Path) ->
         # The compiled blob is kept on disk: later runs skip OpenVINO's compilation.
         "CACHE_DIR": str(cache),
     }
-    compiled = _openvino_core().compile_model(str(model), "CPU", config)
+    core = _openvino_core()
+    if normalization is None:
+        compiled = core.compile_model(str(model), "CPU", config)
+    else:
+        # Bytes in, normalised in the graph: 4x less data handed over, and no separate float pass
+        # over the batch in Python (extraction from files ran at 0.90-0.93 of the in-memory
+        # speed this way on 2 cores, against 0.88 normalising in torch first).
+        normalized = _normalized_openvino_model(core, model, normalization)
+        compiled = core.compile_model(normalized, "CPU", config)
     request = compiled.create_infer_request()
+    dtype = torch.uint8 if normalization is not None else torch.float32
 
     def run(images: torch.Tensor) -> torch.Tensor:
-        array = images.detach().float().cpu().contiguous().numpy()
+        array = images.detach().to("cpu", dtype).contiguous().numpy()
         features = request.infer({0: array})[compiled.output(0)]
         return _to_device(features.copy(), device)
 
@@ -342,15 +375,33 @@ def _exported(
     device: torch.device,
     choice: RuntimeChoice,
     folder: Path,
+    normalization: Normalization | None,
 ) -> FeatureFn:
     model = onnx_file(module, example, folder)
     if choice.runtime == "onnxruntime":
-        return _onnxruntime(model, device)
+        return _normalizing(_onnxruntime(model, device), normalization, torch.device("cpu"))
     from crackdet.distributed import process_rank
 
     # One compile cache per process: OpenVINO writes its blob in place, and DDP ranks compiling at
     # once would read each other's half-written files.
-    return _openvino(model, device, choice.precision, folder / "openvino" / f"rank{process_rank()}")
+    cache = folder / "openvino" / f"rank{process_rank()}"
+    return _openvino(model, device, choice.precision, cache, normalization)
+
+
+def _normalizing(
+    extract: FeatureFn, normalization: Normalization | None, device: torch.device
+) -> FeatureFn:
+    """`extract` fed uint8 images normalised on `device` first, as eval_transform would have."""
+    if normalization is None:
+        return extract
+    from crackdet.data.transforms import batch_normalizer
+
+    normalize = batch_normalizer(*normalization)
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        return extract(normalize(images.to(device)))
+
+    return run
 
 
 def build_feature_extractor(
@@ -360,6 +411,7 @@ def build_feature_extractor(
     device: torch.device | str | None = None,
     precision: str = "fp32",
     cache_dir: str | Path | None = None,
+    normalization: Normalization | None = None,
 ) -> FeatureFn:
     """An inference-only function computing `backbone` features with the chosen runtime.
 
@@ -367,6 +419,11 @@ def build_feature_extractor(
     ONNX export and OpenVINO compilation happen here, so their one-off cost is not mixed into
     throughput. ONNX exports and OpenVINO's compiled models are kept under
     `<cache_dir>/runtimes/` (a temporary folder without one).
+
+    The function takes normalised float images; with `normalization=(mean, std)` it takes the
+    uint8 images of `resize_transform` instead and normalises them itself, exactly as
+    `eval_transform` does (OpenVINO inside its compiled graph, the others with
+    `batch_normalizer` on the backbone's device).
     """
     if device is None:
         device = next(backbone.parameters()).device
@@ -375,11 +432,12 @@ def build_feature_extractor(
     log.info("Backbone runtime: %s.", choice.describe())
     module = _inference_copy(backbone, device)
     if choice.runtime == "eager":
-        return _eager(module, device, choice.precision)
+        return _normalizing(_eager(module, device, choice.precision), normalization, device)
     if choice.runtime == "compile":
-        return _compiled(module, device, example)
+        return _normalizing(_compiled(module, device, example), normalization, device)
     if cache_dir is not None:
-        return _exported(module, example, device, choice, Path(cache_dir) / "runtimes")
+        folder = Path(cache_dir) / "runtimes"
+        return _exported(module, example, device, choice, folder, normalization)
     # Neither runtime reads its files after loading them: a temporary folder is enough.
     with tempfile.TemporaryDirectory(prefix="crackdet-runtime-") as folder:
-        return _exported(module, example, device, choice, Path(folder))
+        return _exported(module, example, device, choice, Path(folder), normalization)

@@ -83,7 +83,7 @@ def test_scan_cache_decodes_each_content_once(image_folder, tmp_path: Path, monk
     root = image_folder(n_per_class=3)
     scan_folder(root, CLASSES, tmp_path / "cache")
     decoded = []
-    monkeypatch.setattr(scan, "decode_rgb", lambda data: decoded.append(data))
+    monkeypatch.setattr(scan, "check_decodes", lambda data: decoded.append(data))
     assert len(scan_folder(root, CLASSES, tmp_path / "cache").records) == 6
     assert decoded == []  # unchanged files: read and fingerprinted, not decoded again
     (root / "Negative" / "00000.jpg").write_bytes((root / "Positive" / "00000.jpg").read_bytes())
@@ -206,3 +206,40 @@ def test_bad_files_list_quotes_odd_names_and_gives_the_decoders_reason(
     for row in rows:
         assert row["reason"] == "UnidentifiedImageError: cannot identify image file"
         assert "BytesIO" not in row["reason"]
+
+
+def _photo_bytes(**save) -> bytes:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (227, 227, 3), dtype=np.uint8)
+    pixels[100:110] = 20  # a dark band: something for the compression to describe
+    image = Image.fromarray(pixels)
+    if save.pop("cmyk", False):
+        image = image.convert("CMYK")
+    out = io.BytesIO()
+    image.save(out, format="JPEG", **save)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "save", [{"quality": 90}, {"quality": 75, "progressive": True}, {"cmyk": True}]
+)
+def test_the_scans_quick_jpeg_check_fails_exactly_where_a_full_decode_does(save) -> None:
+    from crackdet.data.images import check_decodes, decode_rgb
+    from crackdet.data.scan import decode_failure
+
+    def outcome(check, data: bytes) -> str | None:
+        try:
+            check(data)
+        except Exception as exc:
+            return decode_failure(exc)
+        return None
+
+    good = _photo_bytes(**save)
+    damaged = [good[:n] for n in (len(good) // 10, len(good) // 2, len(good) - 300, len(good) - 2)]
+    for at in (len(good) // 3, len(good) // 2, 2 * len(good) // 3):
+        damaged.append(good[:at] + b"\xff\xd9" + good[at + 2 :])  # an end marker mid-stream
+        damaged.append(good[:at] + bytes(400) + good[at + 400 :])  # zeroed bytes
+    outcomes = [(outcome(decode_rgb, d), outcome(check_decodes, d)) for d in [good, *damaged]]
+    assert outcomes[0] == (None, None)
+    assert all(full == quick for full, quick in outcomes), outcomes
+    assert sum(full is not None for full, _ in outcomes) >= 3  # the cut-short files fail

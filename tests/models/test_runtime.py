@@ -9,7 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from PIL import Image
 
+from crackdet.data.transforms import batch_normalizer, eval_transform, resize_transform
 from crackdet.errors import ConfigError
 from crackdet.models import runtime
 from crackdet.models.backbone import build_backbone
@@ -48,6 +50,31 @@ def test_fp32_runtimes_match_eager(batch, name: str, tmp_path: Path):
     assert len(exports) == 1
     build_feature_extractor(backbone, name, images, cache_dir=tmp_path)
     assert list((tmp_path / "runtimes").glob("*.onnx")) == exports
+
+
+@pytest.mark.parametrize("name", ["eager", "onnxruntime", "openvino"])
+def test_runtimes_normalise_uint8_images_as_eval_transform_does(batch, name: str, tmp_path: Path):
+    """Bulk extraction hands over bytes; each runtime normalises them (OpenVINO in its graph)."""
+    if not installed(name):
+        pytest.skip(f"{name} is not installed")
+    backbone = batch[0]
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    torch.manual_seed(1)
+    photos = [
+        Image.fromarray(torch.randint(0, 256, (60, 52, 3), dtype=torch.uint8).numpy())
+        for _ in range(3)
+    ]
+    floats = torch.stack([eval_transform(48, mean, std)(photo) for photo in photos])
+    uint8 = torch.stack([resize_transform(48)(photo) for photo in photos])
+    assert uint8.dtype == torch.uint8
+    assert torch.equal(batch_normalizer(mean, std)(uint8), floats)  # bit for bit
+    reference = build_feature_extractor(backbone, "eager", floats)(floats)
+    extract = build_feature_extractor(
+        backbone, name, floats, cache_dir=tmp_path, normalization=(mean, std)
+    )
+    assert _relative_error(extract(uint8), reference) < FP32_TOLERANCE
+    # A wrong normalisation would not pass unnoticed: the features move far beyond the tolerance.
+    assert _relative_error(extract(uint8), extract(torch.zeros_like(uint8))) > 100 * FP32_TOLERANCE
 
 
 @pytest.mark.parametrize("name", ["eager", "openvino"])

@@ -318,15 +318,22 @@ def test_throughput_benchmark_runs_end_to_end(image_folder, tmp_path: Path):
         *("--data-dir", str(folder), "--images", "16", "--image-size", "32"),
         *("--batch-size", "8", "--runtimes", "eager", "--repeats", "1"),
         *("--predict-images", "8", "--sweep-images", "16", "--sweep-epochs", "2"),
-        *("--sweep-jobs", "2", "--output", str(output)),
+        *("--sweep-jobs", "2", "--cold-images", "24", "--head-epochs", "2"),
+        *("--output", str(output)),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
     assert report["in_memory"]["eager fp32"]["max_feature_difference_relative"] == 0
     assert report["extraction"]["fp32"]["images"] == 16
     cold = report["cold_train"]["fp32"]
-    assert cold["images"] == 16 and cold["extraction_images"] == 16
+    # 24 cold images from 16 photos: 8 of them are mirror images, extracted like the others.
+    assert report["settings"]["cold_images_made_of"] == {"real": 16, "views": 8}
+    assert cold["images"] == 24 and cold["extraction_images"] == 24
     assert cold["extraction_s"] + cold["other_s"] == pytest.approx(cold["seconds"])
+    # The fp32 head is trained on the 16 photos' features, found in the cold run's cache.
+    head = report["bf16_accuracy"]["fp32"]
+    assert head["extracted_again"] == 0 and head["epochs"] == 2
+    assert head["validation_images"] == 4 and 0 <= head["val_acc"] <= 1
     assert report["predict"]["images"] == 8
     assert report["sweep"]["jobs"] == 2 and report["sweep"]["ratio"] > 0
     assert report["targets"]["sweep_vs_single"]["value"] == report["sweep"]["ratio"]
