@@ -15,14 +15,18 @@ import yaml
 from crackdet.cli.config import PROJECT_ROOT
 from crackdet.data.synthetic import synthetic_image
 
+# The entry points leave with os._exit after running the exit handlers, so the probe reports
+# from one (registered first, it runs last).
 PROBE = """
-import runpy, sys
+import atexit, runpy, sys
+atexit.register(
+    lambda: print(sorted({{m.split(".")[0] for m in sys.modules}} & {packages!r}), flush=True)
+)
 sys.argv = [{script!r}, *{args!r}]
 try:
     runpy.run_path({script!r}, run_name="__main__")
 except SystemExit:
     pass
-print(sorted({{m.split(".")[0] for m in sys.modules}} & {packages!r}))
 """
 #: Lightning and what it imports that predict.py needs none of (seconds to import).
 LIGHTNING = {"lightning", "pytorch_lightning", "torchmetrics"}
