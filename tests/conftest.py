@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,29 @@ def run_entry(
         timeout=timeout,
         **kwargs,
     )
+
+
+#: Entry points `run_entries` runs side by side: a start-up (imports) keeps one core busy, so on
+#: this project's 2-core machines two at a time take half as long (more do not help).
+PARALLEL_ENTRIES = max(2, min(8, os.cpu_count() or 2))
+
+
+def run_entries(
+    runs: dict[Hashable, tuple[str, Sequence[str]]], **kwargs
+) -> dict[Hashable, subprocess.CompletedProcess]:
+    """`run_entry(script, *args)` for every `{key: (script, args)}`, several at a time."""
+    with ThreadPoolExecutor(PARALLEL_ENTRIES) as pool:
+        started = {
+            key: pool.submit(run_entry, script, *args, **kwargs)
+            for key, (script, args) in runs.items()
+        }
+        return {key: future.result() for key, future in started.items()}
+
+
+def selected_params(request: pytest.FixtureRequest, test_name: str) -> list[dict]:
+    """The parameters of every selected case of `test_name` in the requesting module."""
+    return [
+        item.callspec.params
+        for item in request.session.items
+        if item.module is request.module and getattr(item, "originalname", None) == test_name
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
+import subprocess
 from pathlib import Path
 
 import lightning as L
@@ -24,7 +25,7 @@ from crackdet.models.checkpoint import (
 from crackdet.models.lightning_model import CrackClassifier
 from crackdet.models.settings import build_classifier
 from crackdet.models.torch_model import CrackNet
-from tests.conftest import TINY, run_entry
+from tests.conftest import TINY, run_entries, selected_params
 
 #: What each kind of bad file is called in the error message.
 BAD_KINDS = {
@@ -194,17 +195,35 @@ def test_a_weights_only_checkpoint_can_be_tested_but_not_resumed(good_ckpt: Path
     assert isinstance(load_classifier(weights_only), CrackClassifier)
 
 
+ENTRY_TEST = "test_entry_points_exit_2_without_a_traceback"
+
+
+@pytest.fixture(scope="module")
+def entry_point_runs(
+    request: pytest.FixtureRequest, trained_run: Path, tmp_path_factory, synthetic_cache: Path
+) -> dict[tuple[str, str], tuple[Path, subprocess.CompletedProcess]]:
+    """The bad file and the finished process of every selected case of the test below.
+
+    The cases are independent start-ups that fail, so they run side by side, not one by one.
+    """
+    good = trained_run / "checkpoints" / "last.ckpt"
+    bad, runs = {}, {}
+    for params in selected_params(request, ENTRY_TEST):
+        case = params["script"], params["kind"]
+        folder = tmp_path_factory.mktemp(f"{case[1]}-{case[0]}")
+        bad[case] = make_bad_checkpoint(case[1], good, folder)
+        args = [f"ckpt_path={bad[case]}", f"hydra.run.dir={folder / 'run'}"]
+        if case[0] == "train.py":
+            args += [*TINY, f"paths.cache_dir={synthetic_cache}"]
+        runs[case] = (case[0], args)
+    return {case: (bad[case], result) for case, result in run_entries(runs).items()}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["train.py", "eval.py"])
 @pytest.mark.parametrize("kind", ["truncated", "text", "empty", "state_dict", "other_model"])
-def test_entry_points_exit_2_without_a_traceback(
-    script: str, kind: str, good_ckpt: Path, tmp_path: Path, synthetic_cache: Path
-):
-    bad = make_bad_checkpoint(kind, good_ckpt, tmp_path)
-    args = [f"ckpt_path={bad}", f"hydra.run.dir={tmp_path / 'run'}"]
-    if script == "train.py":
-        args += [*TINY, f"paths.cache_dir={synthetic_cache}"]
-    result = run_entry(script, *args)
+def test_entry_points_exit_2_without_a_traceback(script: str, kind: str, entry_point_runs):
+    bad, result = entry_point_runs[script, kind]
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
     assert f"ckpt_path={bad}" in output and BAD_KINDS[kind] in output
