@@ -114,10 +114,15 @@ def test_resume_from_last_checkpoint(smoke_run, tiny_cfg, tmp_path: Path) -> Non
     assert torch.load(last, weights_only=True)["global_step"] == 8  # the earlier run is untouched
 
 
+#: Each seed draws its own random backbone. Eager features: the default runtime would export
+#: every new backbone to ONNX first (seconds each), which these tests are not about.
+EAGER = "model.backbone_runtime=eager"
+
+
 def test_same_seed_same_metrics(tiny_cfg, tmp_path: Path) -> None:
-    first = train(tiny_cfg("seed=7", run_dir=tmp_path / "a"))
-    second = train(tiny_cfg("seed=7", run_dir=tmp_path / "b"))
-    other = train(tiny_cfg("seed=8", run_dir=tmp_path / "c"))
+    first = train(tiny_cfg("seed=7", EAGER, run_dir=tmp_path / "a"))
+    second = train(tiny_cfg("seed=7", EAGER, run_dir=tmp_path / "b"))
+    other = train(tiny_cfg("seed=8", EAGER, run_dir=tmp_path / "c"))
     assert first["fit"] == second["fit"] and first["test"] == second["test"]
     assert first["fit"]["train/loss"] != other["fit"]["train/loss"]
 
@@ -180,8 +185,8 @@ def test_optimizer_and_scheduler_are_swapped_from_the_command_line(
 
 
 def test_unseeded_run_still_splits_reproducibly(tiny_cfg, tmp_path: Path) -> None:
-    first = train(tiny_cfg("seed=null", run_dir=tmp_path / "a"))
-    second = train(tiny_cfg("seed=null", run_dir=tmp_path / "b"))
+    first = train(tiny_cfg("seed=null", EAGER, run_dir=tmp_path / "a"))
+    second = train(tiny_cfg("seed=null", EAGER, run_dir=tmp_path / "b"))
     paths = [
         [row["path"] for row in read_csv(Path(r["output_dir"]) / "predictions_test.csv")]
         for r in (first, second)
