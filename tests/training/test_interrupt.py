@@ -23,7 +23,7 @@ from crackdet.data.resumable import ResumableDataLoader, ResumableSampler
 from crackdet.errors import OutputError
 from crackdet.training.checkpoint_io import AtomicCheckpointIO
 from crackdet.training.train import train
-from tests.conftest import PROJECT_ROOT, TINY, compose_cfg
+from tests.conftest import PROJECT_ROOT, TINY, compose_cfg, selected_params
 
 #: Two epochs of 4 batches (28 training images, batch 8), with random flips and dropout, so an
 #: exact resume needs the batch order, the random generators and the metric states restored.
@@ -106,10 +106,9 @@ def assert_same_log(resumed_dir: Path, reference_dir: Path) -> None:
     assert differing == {}
 
 
-def resume(run_dir: Path, ckpt: Path, common: list[str]) -> None:
-    """`python train.py` resuming `run_dir` from `ckpt`, to the end."""
-    status, output = finish(start_train(*common, f"hydra.run.dir={run_dir}", f"ckpt_path={ckpt}"))
-    assert status == 0, output
+def start_resume(run_dir: Path, ckpt: Path, common: list[str]) -> subprocess.Popen:
+    """`python train.py` resuming `run_dir` from `ckpt`, to the end, started."""
+    return start_train(*common, f"hydra.run.dir={run_dir}", f"ckpt_path={ckpt}")
 
 
 @pytest.mark.slow
@@ -169,10 +168,42 @@ def test_resume_after_sigkill_from_last_or_mid_epoch_checkpoint_logs_the_same_me
 
     mid_epoch = tmp_path / "mid_epoch"
     shutil.copytree(killed, mid_epoch)
-    resume(killed, killed / "checkpoints" / "last.ckpt", common)
-    assert_same_log(killed, tmp_path / "reference")
-    resume(mid_epoch, mid_epoch / "checkpoints" / "step.ckpt", common)
-    assert_same_log(mid_epoch, tmp_path / "reference")
+    # Two independent resumes of copies of the killed run: side by side.
+    resumes = {
+        run_dir: start_resume(run_dir, run_dir / "checkpoints" / name, common)
+        for run_dir, name in ((killed, "last.ckpt"), (mid_epoch, "step.ckpt"))
+    }
+    for run_dir, (status, output) in {d: finish(p) for d, p in resumes.items()}.items():
+        assert status == 0, output
+        assert_same_log(run_dir, tmp_path / "reference")
+
+
+SECOND_SIGNAL_TEST = "test_a_second_signal_says_what_was_saved_and_what_was_not"
+
+
+@pytest.fixture(scope="module")
+def second_signal_runs(
+    request: pytest.FixtureRequest, tmp_path_factory, synthetic_cache: Path
+) -> dict[tuple[str, str], tuple[Path, int, str]]:
+    """Run directory, exit status and output of every selected case of the test below.
+
+    Each signal goes to the run's own process at a training step, so the cases run side by side.
+    """
+    started = {}
+    for params in selected_params(request, SECOND_SIGNAL_TEST):
+        signal_name, again = params["signal_name"], params["again"]
+        run_dir = tmp_path_factory.mktemp(f"{signal_name}-{again}") / "run"
+        process = start_train(
+            *TWO_EPOCHS,
+            f"paths.cache_dir={synthetic_cache}",
+            f"hydra.run.dir={run_dir}",
+            SIGNAL_AT,
+            "+callbacks.interrupt_at.step=5",
+            f"+callbacks.interrupt_at.signal_name={signal_name}",
+            f"+callbacks.interrupt_at.again={again}",
+        )
+        started[signal_name, again] = run_dir, process
+    return {case: (d, *finish(process)) for case, (d, process) in started.items()}
 
 
 @pytest.mark.slow
@@ -186,20 +217,9 @@ def test_resume_after_sigkill_from_last_or_mid_epoch_checkpoint_logs_the_same_me
     ],
 )
 def test_a_second_signal_says_what_was_saved_and_what_was_not(
-    tmp_path: Path, synthetic_cache: Path, signal_name: str, again: str, when: str, step: int
+    second_signal_runs, signal_name: str, again: str, when: str, step: int
 ) -> None:
-    run_dir = tmp_path / "run"
-    status, output = finish(
-        start_train(
-            *TWO_EPOCHS,
-            f"paths.cache_dir={synthetic_cache}",
-            f"hydra.run.dir={run_dir}",
-            SIGNAL_AT,
-            "+callbacks.interrupt_at.step=5",
-            f"+callbacks.interrupt_at.signal_name={signal_name}",
-            f"+callbacks.interrupt_at.again={again}",
-        )
-    )
+    run_dir, status, output = second_signal_runs[signal_name, again]
     assert status == 128 + signal.Signals[signal_name], output
     assert "Traceback" not in output
     assert (
