@@ -61,6 +61,36 @@ def synthetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared_runtimes(synthetic_cache: Path) -> Path:
+    """The session's `runtimes/` folder: backbone ONNX exports and OpenVINO's compiled models.
+
+    An export is keyed on the weights, the input size and the torch version, and costs seconds
+    (4-6 s for a ResNet-18). Every tiny run of the session has the same random backbone.
+    """
+    folder = synthetic_cache / "runtimes"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def fresh_cache(tmp_path: Path, shared_runtimes: Path):
+    """A factory: an empty `paths.cache_dir` (no scans, no features) in tmp_path/<name>.
+
+    Its `runtimes/` links to the session's, as benchmarks/throughput.py links its cold runs':
+    what a machine that ran the backbone before keeps. Runs that share it must not build an
+    OpenVINO runtime at the same time (its compiled model is written in place).
+    """
+
+    def make(name: str = "cache") -> Path:
+        cache = tmp_path / name
+        cache.mkdir()
+        (cache / "runtimes").symlink_to(shared_runtimes, target_is_directory=True)
+        return cache
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, synthetic_cache: Path) -> Path:
     """A finished tiny training run (checkpoints, predictions, metrics.json), made once."""
     from crackdet.training.train import train

@@ -97,19 +97,22 @@ def test_failed_job_is_listed_and_the_other_jobs_still_run(tmp_path, synthetic_c
 
 
 @pytest.mark.slow
-def test_ddp_cpu_inside_a_multirun_counts_every_sample_once_and_writes_once(tmp_path) -> None:
+def test_ddp_cpu_inside_a_multirun_counts_every_sample_once_and_writes_once(
+    tmp_path, fresh_cache
+) -> None:
     # 20 + 13 images: a val and a test split of 5, which 2 processes cannot share evenly.
     folder = make_synthetic_dataset(tmp_path / "images", n_per_class=20, size=48)
     for path in sorted((folder / "Positive").iterdir())[:7]:
         path.unlink()
     data = [f"data.data_dir={folder}", "data.synthetic=null"]
-    cfg = compose_cfg(tmp_path / "compose", [*TINY, f"paths.cache_dir={tmp_path / 'cache'}", *data])
+    cache = fresh_cache()
+    cfg = compose_cfg(tmp_path / "compose", [*TINY, f"paths.cache_dir={cache}", *data])
     datamodule = instantiate(cfg.data)
     datamodule.setup()
     n_val, n_test = len(datamodule.splits["val"]), len(datamodule.splits["test"])
     assert n_val % 2 == 1 and n_test % 2 == 1
 
-    result, sweep = multirun(tmp_path, tmp_path / "cache", "trainer=ddp_cpu", *data)
+    result, sweep = multirun(tmp_path, cache, "trainer=ddp_cpu", *data)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = job_metrics(sweep / "0")
     assert metrics["fit"]["val/samples"] == n_val

@@ -35,12 +35,15 @@ def _probabilities(run_dir: Path) -> dict[str, float]:
         return {row["path"]: float(row["prob_crack"]) for row in csv.DictReader(handle)}
 
 
-def test_predict_runs_the_configured_runtime(trained_run, image_folder, tmp_path, runtimes_used):
+def test_predict_runs_the_configured_runtime(
+    trained_run, image_folder, tmp_path, runtimes_used, fresh_cache
+):
     ckpt, photos = trained_run / "checkpoints" / "best.ckpt", image_folder(n_per_class=3, size=48)
+    cache = f"paths.cache_dir={fresh_cache()}"
     results = {}
     for runtime in ("eager", "onnxruntime"):
         out = tmp_path / runtime
-        overrides = [f"predict.backbone_runtime={runtime}", f"paths.cache_dir={tmp_path}"]
+        overrides = [f"predict.backbone_runtime={runtime}", cache]
         predict(compose_cfg(out, [f"ckpt_path={ckpt}", f"input={photos}", *overrides], "predict"))
         results[runtime] = _probabilities(out)
     assert runtimes_used == [("eager", "fp32"), ("onnxruntime", "fp32")]
@@ -48,7 +51,11 @@ def test_predict_runs_the_configured_runtime(trained_run, image_folder, tmp_path
     for path, p in results["eager"].items():
         assert abs(results["onnxruntime"][path] - p) < 1e-4
     # Without a setting, the training run's own choice (auto) is used.
-    predict(compose_cfg(tmp_path / "default", [f"ckpt_path={ckpt}", f"input={photos}"], "predict"))
+    predict(
+        compose_cfg(
+            tmp_path / "default", [f"ckpt_path={ckpt}", f"input={photos}", cache], "predict"
+        )
+    )
     assert runtimes_used[-1] == ("auto", "fp32")
 
 

@@ -102,7 +102,7 @@ def test_fixed_threshold_and_bad_settings(trained_run: Path, tmp_path: Path):
 
 @pytest.mark.slow
 def test_eval_py_on_another_folder_layout_and_image_size(
-    trained_run: Path, image_folder, tmp_path: Path
+    trained_run: Path, image_folder, tmp_path: Path, fresh_cache
 ):
     folder = image_folder(n_per_class=4, size=64, name="other")
     (folder / "Positive").rename(folder / "cracked")
@@ -116,7 +116,7 @@ def test_eval_py_on_another_folder_layout_and_image_size(
         "data.classes.positive=[cracked]",
         "data.classes.negative=[intact]",
         "data.num_workers=0",
-        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"paths.cache_dir={fresh_cache()}",
         f"hydra.run.dir={out}",
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -81,13 +81,13 @@ def head_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_cached_features_train_like_the_backbone_and_are_reused(
-    tiny_cfg, tmp_path: Path, synthetic_cache: Path, extractions: list[int], caplog
+    tiny_cfg, tmp_path: Path, synthetic_cache: Path, fresh_cache, extractions: list[int], caplog
 ):
     caplog.set_level(logging.INFO, logger="crackdet.training.feature_cache")
     # Two epochs with dropout: the shuffle order and the random stream must match across epochs;
     # a worker process in the image run must not change either.
     common = (
-        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"paths.cache_dir={fresh_cache()}",
         f"data.data_dir={synthetic_cache / 'synthetic' / 'n20_s48_seed0'}",
         "trainer.max_epochs=2",
         "model.dropout=0.3",
@@ -351,15 +351,15 @@ def stored_features(cache: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_sigterm_during_extraction_stops_keeps_features_and_the_rerun_ends_the_same(
-    tmp_path: Path, synthetic_cache: Path
+    tmp_path: Path, synthetic_cache: Path, fresh_cache
 ):
     data = f"data.data_dir={synthetic_cache / 'synthetic' / 'n20_s48_seed0'}"
-    reference = [*TINY, data, f"paths.cache_dir={tmp_path / 'reference-cache'}"]
+    reference = [*TINY, data, f"paths.cache_dir={fresh_cache('reference-cache')}"]
     train(compose_cfg(tmp_path / "reference", reference))
     run = [
         *TINY,
         data,
-        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"paths.cache_dir={fresh_cache()}",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
     # 40 images in batches of 8: the signal arrives while the second batch is computed.
@@ -393,13 +393,13 @@ def test_sigterm_during_extraction_stops_keeps_features_and_the_rerun_ends_the_s
 
 @pytest.mark.slow
 def test_a_cache_write_failing_on_rank_0_stops_every_ddp_process_with_the_error(
-    tmp_path: Path, synthetic_cache: Path
+    tmp_path: Path, synthetic_cache: Path, fresh_cache
 ):
     result = run_entry(
         "train.py",
         *TINY,
         f"data.data_dir={synthetic_cache / 'synthetic' / 'n20_s48_seed0'}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"paths.cache_dir={fresh_cache()}",
         f"hydra.run.dir={tmp_path / 'run'}",
         "trainer=ddp_cpu",
         # A hang would end in a collective timing out after a minute, with a traceback.
