@@ -32,6 +32,16 @@ def batch() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     return backbone, images, build_feature_extractor(backbone, "eager", images)(images)
 
 
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache_dir whose runtimes/ keeps the module's one ONNX export of the `batch` backbone.
+
+    Exporting takes seconds; test_fp32_runtimes_match_eager checks the export itself in a fresh
+    folder, the other tests of the module share this one.
+    """
+    return tmp_path_factory.mktemp("exports")
+
+
 def _relative_error(features: torch.Tensor, reference: torch.Tensor) -> float:
     return float((features - reference).abs().max() / reference.abs().max())
 
@@ -53,7 +63,7 @@ def test_fp32_runtimes_match_eager(batch, name: str, tmp_path: Path):
 
 
 @pytest.mark.parametrize("name", ["eager", "onnxruntime", "openvino"])
-def test_runtimes_normalise_uint8_images_as_eval_transform_does(batch, name: str, tmp_path: Path):
+def test_runtimes_normalise_uint8_images_as_eval_transform_does(batch, name: str, exports: Path):
     """Bulk extraction hands over bytes; each runtime normalises them (OpenVINO in its graph)."""
     if not installed(name):
         pytest.skip(f"{name} is not installed")
@@ -70,7 +80,7 @@ def test_runtimes_normalise_uint8_images_as_eval_transform_does(batch, name: str
     assert torch.equal(batch_normalizer(mean, std)(uint8), floats)  # bit for bit
     reference = build_feature_extractor(backbone, "eager", floats)(floats)
     extract = build_feature_extractor(
-        backbone, name, floats, cache_dir=tmp_path, normalization=(mean, std)
+        backbone, name, floats, cache_dir=exports, normalization=(mean, std)
     )
     assert _relative_error(extract(uint8), reference) < FP32_TOLERANCE
     # A wrong normalisation would not pass unnoticed: the features move far beyond the tolerance.
@@ -78,11 +88,12 @@ def test_runtimes_normalise_uint8_images_as_eval_transform_does(batch, name: str
 
 
 @pytest.mark.parametrize("name", ["eager", "openvino"])
-def test_bf16_features_are_close_to_fp32_where_supported(batch, name: str):
+def test_bf16_features_are_close_to_fp32_where_supported(batch, name: str, exports: Path):
     if not installed(name) or runtime.bf16_problem(name, torch.device("cpu")):
         pytest.skip(f"{name} has no native bf16 on this CPU")
     backbone, images, eager = batch
-    features = build_feature_extractor(backbone, name, images, precision="bf16")(images)
+    extract = build_feature_extractor(backbone, name, images, precision="bf16", cache_dir=exports)
+    features = extract(images)
     error = _relative_error(features, eager)
     assert 0 < error < BF16_TOLERANCE  # reduced precision: close, but not identical
 
