@@ -116,7 +116,7 @@ def test_a_checkpoint_without_manifest_warns_that_the_split_is_rebuilt(
 @pytest.mark.slow
 @needs_real_sample
 def test_real_sample_eval_reports_exactly_the_runs_test_images_after_the_folder_changed(
-    tmp_path: Path,
+    tmp_path: Path, fresh_cache
 ) -> None:
     pool = {c: sorted((REAL_SAMPLE / c).glob("*.jpg")) for c in ("Positive", "Negative")}
     data = tmp_path / "data"
@@ -137,7 +137,7 @@ def test_real_sample_eval_reports_exactly_the_runs_test_images_after_the_folder_
                 "data.num_workers=0",
                 "trainer=cpu",
                 "trainer.max_epochs=1",
-                f"paths.cache_dir={tmp_path / 'cache'}",
+                f"paths.cache_dir={fresh_cache()}",
                 "~callbacks.rich_progress_bar",
                 "~callbacks.rich_model_summary",
             ],
