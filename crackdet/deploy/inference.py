@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from crackdet.data.images import visible_files
-from crackdet.data.transforms import eval_transform
+from crackdet.data.transforms import eval_transform, resize_transform
 from crackdet.errors import ConfigError
 from crackdet.evaluation.threshold import DEFAULT_THRESHOLD, stored_threshold
 from crackdet.models.checkpoint import (
@@ -26,7 +26,7 @@ from crackdet.models.checkpoint import (
     load_classifier,
     load_network,
 )
-from crackdet.models.runtime import FeatureFn, build_feature_extractor
+from crackdet.models.runtime import FeatureFn, Normalization, build_feature_extractor
 
 if TYPE_CHECKING:
     from crackdet.models.lightning_model import CrackClassifier
@@ -60,6 +60,16 @@ class LoadedCheckpoint:
         if normalize:
             return eval_transform(self.image_size, self.mean, self.std, self.interpolation)
         return eval_transform(self.image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), self.interpolation)
+
+    def resize(self) -> v2.Compose:
+        """The eval preprocessing up to its uint8 resize (a runner built with `normalization`
+        normalises the batch, bit for bit as `transform()` would)."""
+        return resize_transform(self.image_size, self.interpolation)
+
+    @property
+    def normalization(self) -> Normalization:
+        """(mean, std) of training, for `backbone_runner`."""
+        return (self.mean, self.std)
 
 
 def recorded_data_settings(ckpt_path: str | Path) -> dict[str, Any]:
@@ -132,17 +142,21 @@ def backbone_runner(
     example_shape: tuple[int, int],
     device: torch.device,
     cache_dir: str | Path | None,
+    normalization: Normalization | None = None,
 ) -> FeatureFn:
     """The checkpoint's backbone on a runtime; None takes the training run's choice (`settings`,
     the model settings the checkpoint records).
 
-    `example_shape` is (batch size, image size); ONNX exports are kept under `cache_dir`.
+    `example_shape` is (batch size, image size); ONNX exports are kept under `cache_dir`. With
+    `normalization` the runner takes uint8 images (`LoadedCheckpoint.resize`), as extraction does.
     """
     runtime = runtime or settings.get("backbone_runtime", "auto")
     precision = precision or settings.get("backbone_precision", "fp32")
     batch, size = example_shape
     example = torch.zeros(batch, 3, size, size)
-    return build_feature_extractor(backbone, runtime, example, device, precision, cache_dir)
+    return build_feature_extractor(
+        backbone, runtime, example, device, precision, cache_dir, normalization
+    )
 
 
 def pick_device(name: str) -> torch.device:

@@ -54,8 +54,8 @@ def tile_batches(
 ) -> Iterator[torch.Tensor]:
     """Preprocessed tiles of a uint8 (3, H, W) image, `batch_size` at a time.
 
-    Tiles are cut as views and `transform` (the data set's eval transform, which acts on uint8
-    tensors as on PIL images) resizes and normalises them, so only one batch is ever copied.
+    Tiles are cut as views and `transform` (the data set's eval transform or its uint8 resize,
+    which act on uint8 tensors as on PIL images) prepares them, so only one batch is ever copied.
     """
     for first in range(0, len(boxes), batch_size):
         crops = [

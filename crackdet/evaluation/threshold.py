@@ -67,8 +67,20 @@ def threshold_metrics(
     }
 
 
+#: How far below the deciding crack's p(crack) the threshold sits. Float32 runtimes compute the
+#: same probabilities to about 1e-7 (OpenVINO against eager, uint8 against float input), and a
+#: threshold equal to one of them flips that image whenever another runtime computes it lower.
+THRESHOLD_MARGIN = 1e-5
+
+
 def threshold_for_recall(probs: torch.Tensor, labels: torch.Tensor, target_recall: float) -> float:
-    """The highest threshold whose recall on (probs, labels) is at least `target_recall`."""
+    """The threshold keeping `target_recall` of the cracks with the fewest false alarms.
+
+    That is the p(crack) of the k-th most confident crack (k = target x cracks), set
+    THRESHOLD_MARGIN lower, or halfway down to the next lower p(crack) of any image when that is
+    nearer: every image of (probs, labels) is decided as at the crack's own p(crack), and a
+    probability recomputed a hair lower by another float32 runtime still counts.
+    """
     target = check_target_recall(target_recall)
     positives = torch.sort(probs[labels == 1].double(), descending=True).values
     if not len(positives):
@@ -76,7 +88,12 @@ def threshold_for_recall(probs: torch.Tensor, labels: torch.Tensor, target_recal
     # The k-th most confident crack is the highest threshold that keeps k cracks; the epsilon
     # stops float noise in target * n (0.07 * 100 = 7.000000000000001) from asking for one more.
     needed = math.ceil(target * len(positives) - 1e-9)
-    return float(positives[needed - 1])
+    deciding = float(positives[needed - 1])
+    below = probs.double()[probs.double() < deciding]
+    lowest = deciding - THRESHOLD_MARGIN
+    if len(below):
+        lowest = max(lowest, (deciding + float(below.max())) / 2)
+    return max(lowest, 0.0)
 
 
 def stored_operating_point(ckpt_path: str | Path) -> dict[str, float] | None:

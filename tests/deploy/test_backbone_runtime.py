@@ -22,9 +22,9 @@ def runtimes_used(monkeypatch) -> list[tuple[str, str]]:
     used: list[tuple[str, str]] = []
     build = inference.build_feature_extractor
 
-    def spy(backbone, runtime, example, device=None, precision="fp32", cache_dir=None):
+    def spy(backbone, runtime, example, device=None, precision="fp32", *args):
         used.append((runtime, precision))
-        return build(backbone, runtime, example, device, precision, cache_dir)
+        return build(backbone, runtime, example, device, precision, *args)
 
     monkeypatch.setattr(inference, "build_feature_extractor", spy)
     return used

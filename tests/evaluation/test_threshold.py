@@ -10,6 +10,8 @@ import torch
 from crackdet.errors import ConfigError, DataError
 from crackdet.evaluation.predictions_file import read_predictions
 from crackdet.evaluation.threshold import (
+    THRESHOLD_MARGIN,
+    decisions,
     stored_operating_point,
     stored_threshold,
     threshold_for_recall,
@@ -29,9 +31,31 @@ def test_chosen_threshold_is_the_highest_reaching_the_target_recall(target: floa
     probs = (torch.rand(300, generator=generator) * 0.6 + 0.4 * labels).round(decimals=2)
     threshold = threshold_for_recall(probs, labels, target)
     assert _recall(probs, labels, threshold) >= target
-    higher = probs[probs > threshold]
+    # Just below the deciding crack's p(crack), deciding every image as that p(crack) would.
+    deciding = float(probs[probs >= threshold].min())
+    assert 0 < deciding - threshold <= THRESHOLD_MARGIN + 1e-12
+    assert torch.equal(decisions(probs, threshold), decisions(probs, deciding))
+    higher = probs[probs > deciding]
     if len(higher):
         assert _recall(probs, labels, float(higher.min())) < target
+
+
+def test_a_probability_recomputed_a_hair_lower_keeps_its_decision() -> None:
+    probs = torch.tensor([0.91, 0.4, 0.73, 0.2], dtype=torch.float32)
+    labels = torch.tensor([1, 0, 1, 0])
+    threshold = threshold_for_recall(probs, labels, 1.0)
+    # Another float32 runtime: the same images, probabilities a few 1e-7 apart.
+    recomputed = probs - 3e-7
+    assert _recall(recomputed, labels, threshold) == 1.0
+    assert threshold_metrics(recomputed, labels, threshold)["fp"] == 0
+
+
+def test_the_margin_never_reaches_the_next_image() -> None:
+    probs = torch.tensor([0.5, 0.499999, 0.1], dtype=torch.float64)
+    labels = torch.tensor([1, 0, 0])
+    threshold = threshold_for_recall(probs, labels, 1.0)
+    assert 0.499999 < threshold < 0.5  # halfway: the negative just below stays a negative
+    assert decisions(probs, threshold).tolist() == [1, 0, 0]
 
 
 def test_all_probabilities_equal_and_target_one() -> None:
@@ -39,7 +63,7 @@ def test_all_probabilities_equal_and_target_one() -> None:
     labels = torch.tensor([0, 1] * 5)
     for target in (0.5, 1.0):
         threshold = threshold_for_recall(probs, labels, target)
-        assert threshold == pytest.approx(0.3)
+        assert threshold == pytest.approx(0.3, abs=THRESHOLD_MARGIN)
         assert _recall(probs, labels, threshold) == 1.0
 
 
@@ -47,7 +71,7 @@ def test_target_one_keeps_the_least_confident_crack() -> None:
     probs = torch.tensor([0.9, 0.05, 0.6, 0.02, 0.7])
     labels = torch.tensor([1, 1, 0, 0, 1])
     threshold = threshold_for_recall(probs, labels, 1.0)
-    assert threshold == pytest.approx(0.05)
+    assert threshold == pytest.approx(0.05, abs=THRESHOLD_MARGIN)
     metrics = threshold_metrics(probs, labels, threshold)
     assert (metrics["recall"], metrics["fn"], metrics["fp"]) == (1.0, 0, 1)
 
