@@ -1,6 +1,6 @@
 """Throughput of the backbone runtimes and of the whole pipeline: numbers for the README, not a test.
 
-    python benchmarks/throughput.py                      # the shared real sample, ~15 min on 2 cores
+    python benchmarks/throughput.py                      # the shared real sample, 6-8 min on 2 cores
     python benchmarks/throughput.py --images 16 --image-size 32 --runtimes eager --sweep-images 16
 
 In one run, on a folder of images (default: the shared 2,000-image real sample when present,
