@@ -97,6 +97,15 @@ def read_checkpoint(ckpt_path: str | Path | None, setting: str = "ckpt_path") ->
     return checkpoint
 
 
+def _another_model(setting: str, path: Path, exc: Exception) -> CheckpointError:
+    """The refusal of a checkpoint whose settings or shapes do not build a CrackClassifier."""
+    reason = str(exc).strip().splitlines()[-1].strip()
+    return CheckpointError(
+        f"{setting}={path} was written for another model: it does not build a "
+        f"CrackClassifier ({type(exc).__name__}: {reason}). {_FIX}"
+    )
+
+
 def check_weights_fit(
     checkpoint: dict[str, Any],
     model: nn.Module,
@@ -144,11 +153,7 @@ def load_classifier(ckpt_path: str | Path | None, setting: str = "ckpt_path") ->
                 path, weights=None, map_location="cpu", strict=False
             )
     except Exception as exc:  # settings or shapes of another model
-        reason = str(exc).strip().splitlines()[-1].strip()
-        raise CheckpointError(
-            f"{setting}={path} was written for another model: it does not build a "
-            f"CrackClassifier ({type(exc).__name__}: {reason}). {_FIX}"
-        ) from exc
+        raise _another_model(setting, path, exc) from exc
     check_weights_fit(checkpoint, model, path, setting)
     return model.eval()
 
@@ -188,11 +193,7 @@ def load_network(
         # Not strict: missing and unexpected weights are named by check_weights_fit below.
         model.load_state_dict(state["state_dict"], strict=False)
     except Exception as exc:  # settings or shapes of another model
-        reason = str(exc).strip().splitlines()[-1].strip()
-        raise CheckpointError(
-            f"{setting}={path} was written for another model: it does not build a "
-            f"CrackClassifier ({type(exc).__name__}: {reason}). {_FIX}"
-        ) from exc
+        raise _another_model(setting, path, exc) from exc
     check_weights_fit(checkpoint, model, path, setting, name="CrackClassifier")
     return net.eval(), settings
 
