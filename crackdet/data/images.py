@@ -28,7 +28,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         # Composite on white so transparent regions do not turn black.
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
-    return image.convert("RGB")
+    # Already RGB: the image itself (Pillow's convert would copy it).
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def visible_files(folder: Path) -> list[Path]:
@@ -40,11 +41,17 @@ def visible_files(folder: Path) -> list[Path]:
     ]
 
 
+def _upright_rgb(image: Image.Image) -> Image.Image:
+    """A freshly loaded image as displayed and RGB, transposed in place (no copy when upright)."""
+    # Cameras store portrait shots sideways plus an EXIF orientation tag.
+    ImageOps.exif_transpose(image, in_place=True)
+    return to_rgb(image)
+
+
 def _decoded(source: str | Path | io.BytesIO) -> Image.Image:
     with Image.open(source) as image:
         image.load()
-        # As the photo is displayed: cameras store portrait shots sideways plus an EXIF tag.
-        return to_rgb(ImageOps.exif_transpose(image))
+        return _upright_rgb(image)
 
 
 def load_rgb(path: str | Path) -> Image.Image:
@@ -63,7 +70,7 @@ def check_decodes(data: bytes) -> None:
         if image.format == "JPEG":
             image.draft(image.mode, (1, 1))
         image.load()
-        to_rgb(ImageOps.exif_transpose(image))
+        _upright_rgb(image)
 
 
 def decode_rgb(data: bytes) -> Image.Image:
