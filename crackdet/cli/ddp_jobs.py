@@ -17,7 +17,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import TaskFunction
@@ -93,6 +92,8 @@ class DistributedJobs(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         """Leave the process as the job found it, so a sweep's next job can launch DDP again."""
+        import torch.distributed as dist  # here: Hydra imports its callbacks before any job
+
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
         for name, value in self._saved_env.items():

@@ -35,12 +35,8 @@ from crackdet.data.scan import check_data_dir
 from crackdet.data.splits import SPLIT_MODES, check_fractions
 from crackdet.distributed import process_rank
 from crackdet.errors import ConfigError, CrackdetError, write_failure_reason
-from crackdet.evaluation.threshold import check_target_recall
-from crackdet.models.backbone import DEFAULT_BACKBONE, resolve_weights
-from crackdet.models.runtime import PRECISIONS as BACKBONE_PRECISIONS
-from crackdet.models.runtime import RUNTIMES
-from crackdet.models.torch_model import BN_MODES
-from crackdet.models.trainable import TRAINABLE
+from crackdet.models.options import BN_MODES, DEFAULT_BACKBONE, RUNTIMES, TRAINABLE
+from crackdet.models.options import PRECISIONS as BACKBONE_PRECISIONS
 
 log = logging.getLogger("crackdet")
 
@@ -335,6 +331,8 @@ def _check_run(cfg: DictConfig) -> None:
 
 
 def _check_target_recall(cfg: DictConfig) -> None:
+    from crackdet.evaluation.threshold import check_target_recall
+
     recall = OmegaConf.select(cfg, "callbacks.operating_point.target_recall")
     if _is_number(recall):
         check_target_recall(recall, "callbacks.operating_point.target_recall")
@@ -344,6 +342,8 @@ def start_problems(cfg: DictConfig) -> list[CrackdetError]:
     """Every problem of a training config found before any work: values, files and folders."""
     problems: list[CrackdetError] = [ConfigError(p) for p in check_settings(cfg)]
     bad = {p.args[0].split("=", 1)[0] for p in problems}
+    from crackdet.models.backbone import resolve_weights  # torchvision: only once a job starts
+
     try:
         # First: the data's input size and mean/std are read from the backbone's weights.
         resolve_weights(cfg.model.get("weights"), cfg.model.get("backbone", DEFAULT_BACKBONE))

@@ -21,8 +21,7 @@ from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights, list_models
 
 from crackdet.errors import ConfigError, WeightsError
-
-DEFAULT_BACKBONE = "resnet18"
+from crackdet.models.options import DEFAULT_BACKBONE
 
 
 @cache

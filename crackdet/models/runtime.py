@@ -25,12 +25,11 @@ from torch import nn
 
 from crackdet.errors import ConfigError
 from crackdet.io import atomic_write_bytes
+from crackdet.models.options import PRECISIONS, RUNTIMES
 from crackdet.seams import torch_cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "eager", "compile", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "bf16")
 #: Runtimes `auto` considers on a CPU, fastest first (benchmarks/throughput.py measures them):
 #: OpenVINO 1.9x and ONNX Runtime 1.8x eager at fp32 on a 2-core AVX-512 machine.
 AUTO_ORDER_CPU = ("openvino", "onnxruntime", "eager")

@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from crackdet.errors import ConfigError
-from crackdet.models.backbone import DEFAULT_BACKBONE, build_backbone, preprocessing
+from crackdet.models.backbone import build_backbone, preprocessing
+from crackdet.models.options import BN_MODES, DEFAULT_BACKBONE
 from crackdet.models.trainable import set_trainable
 
 log = logging.getLogger(__name__)
 
-BN_MODES = ("frozen", "train")
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 

@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from crackdet.errors import ConfigError
-
-TRAINABLE = ("head", "last_stage", "all")
+from crackdet.models.options import TRAINABLE
 
 
 def check_trainable(mode: str) -> str:

@@ -69,6 +69,21 @@ def test_predict_and_every_hydra_callback_import_without_lightning():
     assert "torch" in imported and not imported & LIGHTNING
 
 
+def test_every_hydra_callback_imports_without_torch():
+    # Hydra instantiates them all before the first one runs: importing torch there (seconds)
+    # would hold back the data scan that starts as a run does (crackdet.cli.scan_ahead).
+    hydra_cfg = yaml.safe_load((PROJECT_ROOT / "conf" / "hydra" / "default.yaml").read_text())
+    modules = [c["_target_"].rsplit(".", 1)[0] for c in hydra_cfg["callbacks"].values()]
+    code = "; ".join(f"import {m}" for m in modules)
+    probe = f"import sys; {code}; print(sorted({{m.split('.')[0] for m in sys.modules}}))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = set(ast.literal_eval(result.stdout.strip().splitlines()[-1]))
+    assert "hydra" in imported and not imported & {"torch", "torchvision", *LIGHTNING}
+
+
 @pytest.mark.slow
 def test_a_prediction_run_imports_neither_lightning_nor_torchmetrics(
     trained_run: Path, image_folder, tmp_path: Path
