@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
 import hashlib
 import io
 import json
 import os
+import pickle
 import re
 import stat
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -262,6 +266,84 @@ class _ScanCache:
         atomic_write_text(self.path, json.dumps(data))
 
 
+class _AheadScan:
+    """A scan running in a child process; `result` is its ScanResult, or None if it failed."""
+
+    def __init__(self, args: tuple[str, dict[str, list[str]], str | None]):
+        # A fresh interpreter (not fork: the parent may hold threads and locks by now) that
+        # finds this crackdet whether it is installed or run from its folder.
+        package_parent = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from crackdet.data.scan import _scan_in_child; _scan_in_child()",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # its failure is the parent's to meet and report
+            env={**os.environ, "PYTHONPATH": path},
+        )
+        self._process.stdin.write(pickle.dumps(args))
+        self._process.stdin.close()
+        atexit.register(self.cancel)  # a run that stops early does not leave it running
+
+    def result(self) -> ScanResult | None:
+        output = self._process.stdout.read()
+        self._process.wait()
+        atexit.unregister(self.cancel)
+        if self._process.returncode != 0 or not output:
+            return None
+        return pickle.loads(output)
+
+    def cancel(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+
+def _scan_in_child() -> None:
+    """The child of `_AheadScan`: arguments pickled on stdin, the ScanResult pickled on stdout."""
+    data_dir, classes, cache_dir = pickle.loads(sys.stdin.buffer.read())
+    try:
+        result = scan_folder(data_dir, classes, cache_dir)
+    except Exception:  # the parent scans again and meets the error in its own process
+        sys.exit(1)
+    sys.stdout.buffer.write(pickle.dumps(result))
+
+
+#: Scans started by `scan_ahead`, by what they scan.
+_AHEAD: dict[tuple[str, str, str | None], _AheadScan] = {}
+
+
+def _scan_key(
+    data_dir: str | Path, classes: Mapping[str, Sequence[str]], cache_dir: str | Path | None
+) -> tuple[str, str, str | None]:
+    folders = {key: _folder_list(classes[key]) for key in sorted(classes)}
+    absolute = os.path.abspath(os.path.expanduser(str(data_dir)))
+    cache = None if cache_dir is None else os.path.abspath(os.path.expanduser(str(cache_dir)))
+    return absolute, json.dumps(folders), cache
+
+
+def scan_ahead(
+    data_dir: str | Path, classes: Mapping[str, Sequence[str]], cache_dir: str | Path | None = None
+) -> None:
+    """Start `scan_folder(data_dir, classes, cache_dir)` in a child process; it is used there.
+
+    A training run starts this before it imports torch and Lightning, which take seconds on one
+    core while the others are idle; its data module's `scan_folder` then waits for the child's
+    result instead of scanning. The child is a daemon process: a run that stops before it needs
+    the result does not wait for it. If the child fails for any reason, `scan_folder` scans in
+    its own process (and raises there what the scan meets, e.g. a missing folder).
+    """
+    key = _scan_key(data_dir, classes, cache_dir)
+    if key not in _AHEAD:
+        folders = {name: _folder_list(classes[name]) for name in classes}
+        cache = None if cache_dir is None else str(cache_dir)
+        _AHEAD[key] = _AheadScan((str(data_dir), folders, cache))
+
+
 def scan_folder(
     data_dir: str | Path,
     classes: Mapping[str, Sequence[str]],
@@ -271,8 +353,16 @@ def scan_folder(
     """List, fingerprint and fully decode every labelled file, separating usable from bad ones.
 
     Each file is read once: its bytes are fingerprinted, and decoded unless the scan cache knows
-    the outcome for that fingerprint already.
+    the outcome for that fingerprint already. The result of a `scan_ahead` of the same folder is
+    taken when it is there; other scans started ahead are no longer needed and are stopped.
     """
+    ahead = _AHEAD.pop(_scan_key(data_dir, classes, cache_dir), None)
+    for other in _AHEAD.values():
+        other.cancel()
+    _AHEAD.clear()
+    result = ahead.result() if ahead is not None else None
+    if result is not None:
+        return result
     found = _Walk()
     files = list_labelled_files(data_dir, classes, found)
     cache = _ScanCache(cache_dir, Path(data_dir).expanduser())
