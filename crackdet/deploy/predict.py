@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 import signal
@@ -21,6 +22,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 
 from crackdet.cli.run import rerun_command
 from crackdet.data.images import load_rgb
+from crackdet.data.scan import FINGERPRINT, fingerprint
 from crackdet.deploy.inference import (
     LoadedCheckpoint,
     backbone_runner,
@@ -31,7 +33,7 @@ from crackdet.deploy.inference import (
 )
 from crackdet.deploy.tiling import Box, heatmap_overlay, is_tiled, tile_batches, tile_boxes
 from crackdet.errors import ConfigError, DataError, OutputError
-from crackdet.io import atomic_write_bytes
+from crackdet.io import atomic_write_bytes, write_json
 
 log = logging.getLogger(__name__)
 
@@ -198,15 +200,53 @@ class _Predictor:
         return boxes, probs
 
 
+#: Beside predictions.csv: what made its rows, so that a resumed run adds rows made the same way.
+SETTINGS_FILE = "predictions_settings.json"
+#: The recorded settings a resumed run must share, and how the message names each.
+_RESUME_MUST_MATCH = {
+    "checkpoint_fingerprint": "ckpt_path (the checkpoint's content)",
+    "threshold": "the threshold (predict.threshold, or the checkpoint's)",
+    "tile_size": "predict.tile_size",
+    "stride": "predict.stride",
+    "tile_min_side": "predict.tile_min_side (the side from which photos are tiled)",
+    "backbone_precision": "the backbone precision (predict.backbone_precision, or the checkpoint's)",
+}
+
+
+def prediction_settings(
+    loaded: LoadedCheckpoint, settings: PredictSettings, threshold: float
+) -> dict[str, Any]:
+    """What decides a row of predictions.csv: the model (by content) and the predict settings.
+
+    fp32 runtimes agree to 1e-6, so the runtime is recorded but a resumed run may use another.
+    """
+    return {
+        "checkpoint": str(loaded.path),
+        "checkpoint_fingerprint": fingerprint(loaded.path.read_bytes()),
+        "fingerprint": FINGERPRINT,
+        "threshold": threshold,
+        "tile_size": settings.tile_size,
+        "stride": settings.stride,
+        "tile_min_side": settings.min_side(loaded.image_size),
+        "backbone_runtime": settings.backbone_runtime
+        or loaded.settings.get("backbone_runtime", "auto"),
+        "backbone_precision": settings.backbone_precision
+        or loaded.settings.get("backbone_precision", "fp32"),
+    }
+
+
 class PredictionsFile:
     """predictions.csv, written row by row and flushed per batch, so a crash keeps the rows.
 
     An existing file is continued only with `predict.resume=true`: its complete rows are kept,
     their images are skipped, and a line cut short by a crash is dropped (its image is redone).
+    `predictions_settings.json` beside it records what made the rows (`prediction_settings`);
+    a resumed run with another checkpoint or other settings is refused, naming each difference.
     """
 
-    def __init__(self, path: Path, threshold: float, resume: bool):
+    def __init__(self, path: Path, settings: dict[str, Any], resume: bool):
         self.path = path
+        self.settings_path = path.with_name(SETTINGS_FILE)
         self.done: dict[str, dict[str, str]] = {}
         if path.exists():
             if not resume:
@@ -215,10 +255,13 @@ class PredictionsFile:
                     "with predict.resume=true (images listed there are skipped), or leave "
                     "hydra.run.dir unset for a fresh directory."
                 )
-            self.done = self._complete_rows(threshold)
+            self._check_settings(settings)
+            self.done = self._complete_rows(settings["threshold"])
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fresh = not path.exists() or path.stat().st_size == 0
+            if fresh:
+                write_json(self.settings_path, settings)
             self.handle = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115
         except OSError as exc:
             raise OutputError.from_os_error(path, exc) from exc
@@ -226,6 +269,44 @@ class PredictionsFile:
         if fresh:
             self.writer.writerow(PREDICT_COLUMNS)
         self.written = 0
+
+    def _check_settings(self, settings: dict[str, Any]) -> None:
+        """Refuse to continue rows made with another checkpoint or other predict settings."""
+        try:
+            recorded = json.loads(self.settings_path.read_text())
+        except FileNotFoundError:
+            log.warning(
+                "%s has no %s (an earlier crackdet wrote it): only its threshold is checked "
+                "against this run's.",
+                self.path,
+                SETTINGS_FILE,
+            )
+            return
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"{self.settings_path} cannot be read ({type(exc).__name__}: {exc}), so it is "
+                f"unknown what made the rows of {self.path}. Leave hydra.run.dir unset for a "
+                "fresh directory."
+            ) from exc
+        differences = [
+            f"  - {name}: {self._shown(recorded, key)} there, {self._shown(settings, key)} here"
+            for key, name in _RESUME_MUST_MATCH.items()
+            if recorded.get(key) != settings[key]
+        ]
+        if differences:
+            raise ConfigError(
+                f"{self.path} was written with other settings than this run's, so its rows and "
+                "new ones would not be comparable:\n" + "\n".join(differences) + "\nContinue it "
+                f"with the settings recorded in {self.settings_path}, or leave hydra.run.dir "
+                "unset for a fresh directory."
+            )
+
+    @staticmethod
+    def _shown(settings: dict[str, Any], key: str) -> str:
+        if key == "checkpoint_fingerprint":
+            digest = str(settings.get(key))[:12]
+            return f"{settings.get('checkpoint')} (content {digest}...)"
+        return str(settings.get(key))
 
     def _complete_rows(self, threshold: float) -> dict[str, dict[str, str]]:
         """The rows of the earlier run, by path; the file is cut back to its last whole line."""
@@ -357,7 +438,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         settings.tile_size,
         settings.stride,
     )
-    out = PredictionsFile(output_dir / "predictions.csv", threshold, settings.resume)
+    out = PredictionsFile(
+        output_dir / "predictions.csv",
+        prediction_settings(loaded, settings, threshold),
+        settings.resume,
+    )
     todo = [p for p in paths if str(p.absolute()) not in out.done]
     if out.done:
         log.info(

@@ -156,3 +156,65 @@ def test_sigkill_keeps_the_rows_of_finished_batches(best_ckpt: Path, photos: Pat
     killed = _signalled_predict("SIGKILL", 7, *args, f"hydra.run.dir={run_dir}")
     assert killed.returncode == -signal.SIGKILL
     assert len(_rows(run_dir)) == 6
+
+
+def _other_model(ckpt: Path, target: Path) -> Path:
+    """`ckpt` with another head: the same settings, other predictions."""
+    import torch
+
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    head = next(k for k in checkpoint["state_dict"] if ".head." in k and k.endswith("weight"))
+    checkpoint["state_dict"][head] = -checkpoint["state_dict"][head]
+    torch.save(checkpoint, target)
+    return target
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ("other-checkpoint", "ckpt_path (the checkpoint's content)"),
+        ("predict.tile_size=32", "predict.tile_size: 227 there, 32 here"),
+        ("predict.backbone_precision=bf16", "the backbone precision"),
+    ],
+)
+def test_resuming_with_another_model_or_settings_is_refused_by_name(
+    best_ckpt: Path, photos: Path, tmp_path: Path, monkeypatch, change: str, named: str
+):
+    run_dir = tmp_path / "run"
+    predict(_cfg(best_ckpt, photos, run_dir, "predict.threshold=0.5"))
+    # Refused before any runtime is built (so bf16 needs no bf16 CPU here).
+    monkeypatch.setattr(crackdet.deploy.predict, "_Predictor", None)
+    before = (run_dir / "predictions.csv").read_bytes()
+    ckpt, overrides = best_ckpt, ["predict.threshold=0.5", "predict.resume=true"]
+    if change == "other-checkpoint":
+        ckpt = _other_model(best_ckpt, tmp_path / "other.ckpt")
+    else:
+        overrides.append(change)
+    with pytest.raises(ConfigError, match="would not be comparable") as refused:
+        predict(_cfg(ckpt, photos, run_dir, *overrides))
+    assert named in str(refused.value) and "leave hydra.run.dir unset" in str(refused.value)
+    assert (run_dir / "predictions.csv").read_bytes() == before
+
+
+def test_resuming_with_the_same_checkpoint_moved_elsewhere_continues(
+    best_ckpt: Path, photos: Path, tmp_path: Path
+):
+    run_dir = tmp_path / "run"
+    predict(_cfg(best_ckpt, photos, run_dir))
+    lines = (run_dir / "predictions.csv").read_bytes().splitlines(keepends=True)
+    (run_dir / "predictions.csv").write_bytes(b"".join(lines[:3]))  # header + 2 rows
+    moved = tmp_path / "elsewhere" / "model.ckpt"
+    moved.parent.mkdir()
+    moved.write_bytes(best_ckpt.read_bytes())
+    summary = predict(_cfg(moved, photos, run_dir, "predict.resume=true"))
+    assert summary["already_done"] == 2 and len(_rows(run_dir)) == 8
+
+
+def test_a_file_without_a_settings_record_is_continued_with_a_warning(
+    best_ckpt: Path, photos: Path, tmp_path: Path, caplog
+):
+    run_dir = tmp_path / "run"
+    predict(_cfg(best_ckpt, photos, run_dir))
+    (run_dir / "predictions_settings.json").unlink()  # as an earlier crackdet left it
+    predict(_cfg(best_ckpt, photos, run_dir, "predict.resume=true"))
+    assert "has no predictions_settings.json" in caplog.text and len(_rows(run_dir)) == 8
