@@ -19,12 +19,13 @@ from torchvision.transforms import v2
 from crackdet.data.images import visible_files
 from crackdet.data.transforms import eval_transform, resize_transform
 from crackdet.errors import ConfigError
-from crackdet.evaluation.threshold import DEFAULT_THRESHOLD, stored_threshold
+from crackdet.evaluation.threshold import DEFAULT_THRESHOLD, operating_point_of, stored_threshold
 from crackdet.models.checkpoint import (
     DATA_SETTINGS_KEY,
     checkpoint_file,
     load_classifier,
     load_network,
+    read_checkpoint,
 )
 from crackdet.models.runtime import FeatureFn, Normalization, build_feature_extractor
 
@@ -89,17 +90,25 @@ def load_network_checkpoint(ckpt_path: str | Path | None) -> LoadedCheckpoint:
 
     For inference only (predict.py): Lightning, whose import takes seconds, is not imported.
     """
-    net, settings = load_network(ckpt_path)
-    return _with_preprocessing(ckpt_path, net, settings)
+    checkpoint = read_checkpoint(ckpt_path)  # read once: network, preprocessing and threshold
+    net, settings = load_network(ckpt_path, checkpoint=checkpoint)
+    return _with_preprocessing(ckpt_path, net, settings, checkpoint)
 
 
 def _with_preprocessing(
-    ckpt_path: str | Path | None, model: nn.Module, settings: dict[str, Any]
+    ckpt_path: str | Path | None,
+    model: nn.Module,
+    settings: dict[str, Any],
+    checkpoint: dict[str, Any] | None = None,
 ) -> LoadedCheckpoint:
     """The loaded model with the preprocessing and threshold its checkpoint records."""
     path = checkpoint_file(ckpt_path)
-    data = recorded_data_settings(path)
-    threshold = stored_threshold(path)
+    if checkpoint is None:
+        data, threshold = recorded_data_settings(path), stored_threshold(path)
+    else:
+        data = dict(checkpoint.get(DATA_SETTINGS_KEY) or {})
+        point = operating_point_of(checkpoint)
+        threshold = None if point is None else point["threshold"]
     if "image_size" not in data:
         raise ConfigError(
             f"ckpt_path={path} does not record the data preprocessing (no "

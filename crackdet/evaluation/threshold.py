@@ -101,7 +101,11 @@ def stored_operating_point(ckpt_path: str | Path) -> dict[str, float] | None:
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise ConfigError(f"ckpt_path={path} does not exist; give a .ckpt file of a training run.")
-    checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return operating_point_of(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+
+
+def operating_point_of(checkpoint: dict[str, Any]) -> dict[str, float] | None:
+    """`stored_operating_point` of a checkpoint already read."""
     entry = checkpoint.get(CHECKPOINT_KEY) or {}
     if entry.get("threshold") is None:
         return None

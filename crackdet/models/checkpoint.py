@@ -171,15 +171,19 @@ class _ClassifierWeights(nn.Module):
 
 
 def load_network(
-    ckpt_path: str | Path | None, setting: str = "ckpt_path"
+    ckpt_path: str | Path | None,
+    setting: str = "ckpt_path",
+    checkpoint: dict[str, Any] | None = None,
 ) -> tuple[CrackNet, dict[str, Any]]:
     """The plain network a training checkpoint holds and its recorded settings, without Lightning.
 
     The network CrackClassifier wraps, built from the checkpoint's settings and weights as
     `load_classifier` builds it (same weights, outputs and refusals), on the CPU in eval mode;
-    the settings are what that classifier's `hparams` would hold.
+    the settings are what that classifier's `hparams` would hold. `checkpoint` is the file's
+    `read_checkpoint` contents when the caller has read them already.
     """
-    checkpoint = read_checkpoint(ckpt_path, setting)
+    if checkpoint is None:
+        checkpoint = read_checkpoint(ckpt_path, setting)
     path = checkpoint_file(ckpt_path, setting)
     # As Lightning's load_from_checkpoint: the recorded settings CrackClassifier takes (others are
     # dropped), with the ImageNet weights replaced by the checkpoint's own.
