@@ -307,7 +307,10 @@ def _scan_in_child() -> None:
     """The child of `_AheadScan`: arguments pickled on stdin, the ScanResult pickled on stdout."""
     data_dir, classes, cache_dir = pickle.loads(sys.stdin.buffer.read())
     try:
-        result = scan_folder(data_dir, classes, cache_dir)
+        # One core fewer than the machine has: the parent is importing torch on one meanwhile.
+        result = scan_folder(
+            data_dir, classes, cache_dir, workers=max(1, (os.cpu_count() or 1) - 1)
+        )
     except Exception:  # the parent scans again and meets the error in its own process
         sys.exit(1)
     sys.stdout.buffer.write(pickle.dumps(result))
