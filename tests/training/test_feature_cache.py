@@ -337,6 +337,18 @@ def test_throughput_benchmark_runs_end_to_end(image_folder, tmp_path: Path):
     assert report["predict"]["images"] == 8
     assert report["sweep"]["jobs"] == 2 and report["sweep"]["ratio"] > 0
     assert report["targets"]["sweep_vs_single"]["value"] == report["sweep"]["ratio"]
+    # Pipeline figures against the in-memory speed measured around each, and against the table.
+    references, targets = report["references"], report["targets"]
+    assert set(references) == {"extraction", "cold_train", "predict"}
+    # The fastest runtime of the table (eager alone here), and predict.py's own runtime.
+    assert references["cold_train"]["runtime"] == references["extraction"]["runtime"] == "eager"
+    assert references["predict"]["runtime"] == report["extraction"]["fp32"]["runtime"]
+    assert all(r["before"] > 0 and r["after"] > 0 for r in references.values())
+    around = (references["cold_train"]["before"] + references["cold_train"]["after"]) / 2
+    cold_target = targets["cold_train_vs_fastest_fp32"]
+    assert cold_target["value"] == pytest.approx(cold["images_per_s"] / around)
+    table = report["in_memory"]["eager fp32"]["images_per_s"]
+    assert cold_target["vs_table"] == pytest.approx(cold["images_per_s"] / table)
     assert "Targets (ratios measured in this run)" in result.stdout
 
 
