@@ -39,6 +39,17 @@ TINY = [
 compose_cfg = compose_config
 
 
+@pytest.fixture(scope="session", autouse=True)
+def default_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default `paths.cache_dir` of every run in the session, in-process or not.
+
+    Not the checkout's outputs/cache: the test backbones' ONNX exports alone are hundreds of MB.
+    """
+    cache = tmp_path_factory.mktemp("default-cache")
+    os.environ["CRACKDET_CACHE_DIR"] = str(cache)
+    return cache
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path: Path, synthetic_cache: Path):
     """A factory: `tiny_cfg(*overrides)` gives a seconds-long training config in tmp_path/run."""

@@ -88,3 +88,16 @@ def test_sweep_and_launcher_options_compose(tmp_path: Path, override: str) -> No
     group, option = override.split("=")
     chosen = cfg.hydra.sweeper if group == "hparams_search" else cfg.hydra.launcher
     assert option.split("_")[0] in chosen._target_.lower()
+
+
+def test_the_cache_folder_follows_crackdet_cache_dir(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CRACKDET_CACHE_DIR", str(tmp_path / "shared-cache"))
+    assert compose_cfg(tmp_path / "run").paths.cache_dir == str(tmp_path / "shared-cache")
+    monkeypatch.delenv("CRACKDET_CACHE_DIR")
+    cfg = compose_cfg(tmp_path / "run")
+    assert cfg.paths.cache_dir == f"{cfg.paths.log_dir}/cache" and cfg.paths.log_dir.endswith(
+        "outputs"
+    )
+    assert compose_cfg(tmp_path / "run", ["paths.cache_dir=/elsewhere"]).paths.cache_dir == (
+        "/elsewhere"
+    )
